@@ -1,0 +1,46 @@
+"""Linear classification heads shared by methods: per-task heads and a task-masked single head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TaskLinearHeads(nn.Module):
+    """One ``Linear(dim, C_t)`` head per task (InfLoRA, O-LoRA); test logits concatenate all heads.
+
+    Training uses only the newest head (``current``), with labels local to the task.
+    """
+
+    def __init__(self, feature_dim: int) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.heads = nn.ModuleList()
+
+    def add_head(self, num_classes: int) -> nn.Linear:
+        """Append a head for a new task (on the device of existing heads) and return it."""
+        head = nn.Linear(self.feature_dim, num_classes)
+        if len(self.heads):
+            head.to(self.heads[0].weight.device)
+        self.heads.append(head)
+        return head
+
+    def current(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of the newest head only (local labels)."""
+        return self.heads[-1](features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Concatenated logits of all heads: global class ids over every class seen so far."""
+        return torch.cat([head(features) for head in self.heads], dim=1)
+
+
+def mask_to_current_task(logits: torch.Tensor, known_classes: int, seen_classes: int) -> torch.Tensor:
+    """Training logits of a single head: columns [0, seen) with old classes [0, known) set to -inf.
+
+    (L2P, DualPrompt, CODA-P: the softmax runs over the current task's classes only.)
+    """
+    logits = logits[:, :seen_classes]
+    if known_classes:
+        mask = torch.zeros(seen_classes, dtype=torch.bool, device=logits.device)
+        mask[:known_classes] = True
+        logits = logits.masked_fill(mask, float("-inf"))
+    return logits

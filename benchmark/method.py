@@ -1,0 +1,236 @@
+"""The one method interface every continual learner implements.
+
+The runner calls, per task: ``learn(task)`` (which calls the subclass's ``train_task``), then ``predict``
+on batches of test images under ``torch.inference_mode()``. Methods also report their parameters and can be
+saved and restored with ``state_dict``/``load_state_dict`` (they are ``nn.Module``s).
+
+A method that grows per task (new adapters, heads, prompts) keeps its per-task tensors in child modules and
+overrides :meth:`Method.restore_structure`, which rebuilds the structure for a list of task sizes on a freshly
+constructed method. ``load_state_dict`` calls it before loading tensors (through ``set_extra_state``), so a
+killed run can resume, and ``bench params`` can count parameters after T tasks without data.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters every method has. Subclass it (as a dataclass) to declare a method's own."""
+
+    batch_size: int = 32
+    """Train batch size; also the test batch size unless ``eval_batch_size`` is set (PILOT's test loaders)."""
+    eval_batch_size: int | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`benchmark.errors.ClbenchError` for inconsistent values."""
+        from benchmark.errors import ClbenchError
+
+        if self.batch_size < 1:
+            raise ClbenchError("batch_size must be >= 1")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ClbenchError("eval_batch_size must be >= 1")
+
+
+class TrainingMonitor(Protocol):
+    """Receives training progress; the runner shows it as progress bars or log lines."""
+
+    def start_epochs(self, epochs: int, batches_per_epoch: int) -> None: ...
+
+    def end_batch(self, loss: float) -> None: ...
+
+    def end_epoch(self, epoch: int, mean_loss: float) -> None: ...
+
+
+class SilentMonitor:
+    """A :class:`TrainingMonitor` that ignores everything (tests, parameter reports)."""
+
+    def start_epochs(self, epochs: int, batches_per_epoch: int) -> None:
+        pass
+
+    def end_batch(self, loss: float) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, mean_loss: float) -> None:
+        pass
+
+
+@dataclass
+class Task:
+    """What a method sees of one task: never earlier tasks' training data, never test data.
+
+    ``train_loader`` yields ``(images, labels)`` with train transforms, shuffled; ``train_eval_loader``
+    yields the same images with test transforms, in a fixed order (for prototypes and statistics).
+    Labels are global class ids of the stream; this task holds ``classes`` = ``[known_classes, seen_classes)``.
+    """
+
+    index: int
+    classes: list[int]
+    known_classes: int
+    seen_classes: int
+    num_tasks: int
+    train_loader: DataLoader
+    train_eval_loader: DataLoader
+    monitor: TrainingMonitor = field(default_factory=SilentMonitor)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in this task."""
+        return len(self.classes)
+
+
+@dataclass
+class ParameterReport:
+    """Parameter counts of a method as it stands after its last learned task.
+
+    - ``trainable_task``: parameters that can receive non-zero gradient in the last task, backbone side
+      (adapters, prompts, block weights ...), without a throw-away training head;
+    - ``head``: the classifier parameters trained in the last task (reported separately);
+    - ``trainable_total``: every tensor with ``requires_grad`` in the last task, counted whole (the official
+      ``count_parameters``; e.g. L2P's full C_total-row head);
+    - ``stored``: method-specific tensors kept across tasks for inference (adapters, prototypes, memories);
+    - ``backbone``: the headless backbone size, the denominator of every percentage.
+    """
+
+    backbone: int
+    trainable_task: int
+    head: int
+    trainable_total: int
+    stored: int
+    notes: str = ""
+
+    def percent(self, count: int) -> float:
+        """``count`` as % of the backbone size."""
+        return 100.0 * count / self.backbone if self.backbone else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Counts and percentages, JSON-friendly."""
+        data = dataclasses.asdict(self)
+        for key in ("trainable_task", "head", "trainable_total", "stored"):
+            data[f"{key}_pct"] = round(self.percent(getattr(self, key)), 4)
+        return data
+
+
+def count_parameters(tensors: Iterable[torch.Tensor]) -> int:
+    """Total number of elements, each distinct tensor counted once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in tensors:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel()
+    return total
+
+
+def backbone_size(backbone: nn.Module) -> int:
+    """Parameters of the headless backbone (ViT-B/16: 85,798,656)."""
+    return count_parameters(backbone.parameters())
+
+
+class Method(nn.Module):
+    """Base class of every continual learner.
+
+    Subclasses set ``config_class`` (a :class:`MethodConfig` dataclass) and ``default_cfgs`` (hyper-parameter
+    defaults per benchmark family: ``cifar100``, ``imr``, ``ima``, ``vtab``, ``digits``; the key ``default``
+    applies to families without an entry), implement :meth:`train_task` and :meth:`predict`, and register
+    with :func:`benchmark.registry.register_method`.
+    """
+
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    default_cfgs: ClassVar[dict[str, dict[str, Any]]] = {}
+    default_backbones: ClassVar[dict[str, str]] = {}
+    """Backbone (timm name with tag, or a registered backbone) per benchmark family, when not given."""
+    transform_profile: ClassVar[str] = "default"
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, backbone: nn.Module, hparams: MethodConfig, *, num_classes: int, num_tasks: int,
+                 device: torch.device | str = "cpu", seed: int = 1993) -> None:
+        """``num_classes``/``num_tasks``: of the whole stream (e.g. 200 and 40 on ``imr_t40``).
+
+        The backbone is moved to ``device``; subclasses build their modules and call ``self.to(self.device)``.
+        """
+        super().__init__()
+        self.backbone = backbone.to(device)
+        self.hparams = hparams
+        self.num_classes = num_classes
+        self.num_tasks = num_tasks
+        self.device = torch.device(device)
+        self.seed = seed
+        self.task_sizes: list[int] = []
+
+    @classmethod
+    def family_defaults(cls, family: str) -> dict[str, Any]:
+        """Hyper-parameter defaults for a benchmark family (``default`` when the family has none)."""
+        return dict(cls.default_cfgs.get(family, cls.default_cfgs.get("default", {})))
+
+    # -- the interface the runner calls -------------------------------------------------------------
+    def learn(self, task: Task) -> None:
+        """Train on ``task`` (runner entry point): calls :meth:`train_task`, then records the task size."""
+        self.train_task(task)
+        self.task_sizes.append(task.num_classes)
+
+    def train_task(self, task: Task) -> None:
+        """Learn one task from its training data (subclasses implement it)."""
+        raise NotImplementedError
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (or scores) over all classes seen so far, shape (B, seen_classes), global class ids."""
+        raise NotImplementedError
+
+    def parameter_report(self) -> ParameterReport:
+        """Parameter counts after the last learned task (see :class:`ParameterReport`)."""
+        raise NotImplementedError
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def seen_classes(self) -> int:
+        """Number of classes learned so far."""
+        return sum(self.task_sizes)
+
+    @property
+    def known_classes(self) -> int:
+        """Number of classes learned before the last task."""
+        return sum(self.task_sizes[:-1])
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Batch size of the test loader (the train batch size unless configured)."""
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
+    def restore_structure(self, task_sizes: list[int]) -> None:
+        """Grow modules/buffers to the shape they have after learning tasks of ``task_sizes`` classes.
+
+        Called on a fresh method before its tensors are loaded, and by ``bench params``. Methods whose
+        structure does not change over tasks keep this default.
+        """
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"task_sizes": list(self.task_sizes)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        # Runs before child modules are loaded (torch loads a module, then its children), so the
+        # structure rebuilt here receives the saved tensors.
+        if state["task_sizes"] != self.task_sizes:
+            self.restore_structure(list(state["task_sizes"]))
+        self.task_sizes = list(state["task_sizes"])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters with ``requires_grad`` (what an optimiser of this task gets)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def freeze_backbone(self) -> None:
+        """Set ``requires_grad=False`` on every pretrained backbone tensor."""
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(False)
+
+    def make_generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the run seed (for initialisations that must not touch global RNG)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1000 + offset)
+        return generator

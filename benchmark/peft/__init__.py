@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning mechanics shared by methods: LoRA on timm's fused qkv, prompts, prefixes."""

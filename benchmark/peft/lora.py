@@ -1,0 +1,169 @@
+"""LoRA branches attached to timm's fused ``attn.qkv`` projection.
+
+timm's ``Attention`` computes ``qkv = attn.qkv(x)`` with output ``[q | k | v]`` (each ``dim`` wide).
+:func:`attach_lora` replaces ``blocks[i].attn.qkv`` by a :class:`LoRAQKV` that adds, for each active
+:class:`LoRABranch`, ``scale[m] * up_m @ down_m @ x`` to slot ``m`` in {q, k, v}. This is the same function as
+separate q/k/v linears with LoRA (what the official CL-LoRA, InfLoRA and O-LoRA code builds).
+
+Naming follows the CL-LoRA paper: ``down`` (r x dim, "B") and ``up`` (dim x r, "A"); delta = up @ down @ x.
+
+Which branches act is set on the wrapper (not on the ViT), so any timm ViT depth works:
+- ``active = None``: every branch is summed (InfLoRA, O-LoRA);
+- ``active = [i, ...]``: only those branches (CL-LoRA: the current task-specific adapter);
+- ``per_chunk = [i0, i1, ...]``: the batch is K equal chunks and chunk k uses branch ``per_chunk[k]``
+  (evaluating several task adapters in one pass).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+SLOTS = ("q", "k", "v")
+
+
+# -- initialisations of the down-projection --------------------------------------------------------------
+def qr_uniform_init(rank: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The official CL-LoRA init: reduced QR of a U[0,1) (dim x rank) matrix, down = Q^T (orthonormal rows)."""
+    matrix = torch.rand(dim, rank, generator=generator)
+    q, _ = torch.linalg.qr(matrix, mode="reduced")
+    return q.T.contiguous()
+
+
+def gaussian_svd_init(rank: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The CL-LoRA paper's Eq. 7: M ~ N(0,1)^{r x dim}, SVD M = U S V^T, down = U V_r^T."""
+    matrix = torch.randn(rank, dim, generator=generator)
+    u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return (u @ vh).contiguous()
+
+
+def kaiming_uniform_init(rank: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """nn.Linear's default init (kaiming uniform, a = sqrt(5)): bound 1/sqrt(dim), as HF PEFT's lora_A."""
+    bound = 1.0 / math.sqrt(dim)
+    return (torch.rand(rank, dim, generator=generator) * 2 - 1) * bound
+
+
+def zeros_init(rank: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """All zeros (a down-projection that a method designs itself before training)."""
+    return torch.zeros(rank, dim)
+
+
+DOWN_INITS: dict[str, Callable[..., torch.Tensor]] = {
+    "qr_uniform": qr_uniform_init,
+    "gaussian_svd": gaussian_svd_init,
+    "kaiming_uniform": kaiming_uniform_init,
+    "zeros": zeros_init,
+}
+
+
+class LoRABranch(nn.Module):
+    """One low-rank update per targeted slot: ``down`` (M, r, dim), ``up`` (M, dim, r), M = len(targets).
+
+    ``scale`` is an optional (3,) tensor indexed by slot (q, k, v) that multiplies the slot's delta
+    (CL-LoRA's block weights); ``None`` means 1. Untargeted slots get no delta.
+    """
+
+    def __init__(self, dim: int, rank: int, targets: Sequence[str] = ("q", "v"), down_init: str = "qr_uniform",
+                 generator: torch.Generator | None = None, scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        unknown = [t for t in targets if t not in SLOTS]
+        if unknown or not targets or len(set(targets)) != len(targets):
+            raise ValueError(f"LoRA targets must be distinct slots from {SLOTS}, got {targets}")
+        self.dim, self.rank = dim, rank
+        self.targets = tuple(sorted(targets, key=SLOTS.index))
+        init = DOWN_INITS[down_init]
+        self.down = nn.Parameter(torch.stack([init(rank, dim, generator) for _ in self.targets]))
+        self.up = nn.Parameter(torch.zeros(len(self.targets), dim, rank))
+        self.scale = nn.Parameter(scale) if isinstance(scale, torch.Tensor) else scale
+
+    def slot_deltas(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-target deltas, shape (..., M, dim), scales applied."""
+        hidden = torch.einsum("...d,mrd->...mr", x, self.down)
+        delta = torch.einsum("...mr,mdr->...md", hidden, self.up)
+        if self.scale is not None:
+            delta = delta * self.scale[[SLOTS.index(t) for t in self.targets]].unsqueeze(-1)
+        return delta
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The full qkv-shaped delta, shape (..., 3 * dim)."""
+        deltas = self.slot_deltas(x)
+        parts = []
+        for slot in SLOTS:
+            if slot in self.targets:
+                parts.append(deltas[..., self.targets.index(slot), :])
+            else:
+                parts.append(x.new_zeros(*x.shape[:-1], self.dim))
+        return torch.cat(parts, dim=-1)
+
+    def weight_delta(self) -> torch.Tensor:
+        """The (3*dim, dim) matrix this branch adds to the qkv weight (for merging frozen branches)."""
+        full = self.down.new_zeros(3 * self.dim, self.dim)
+        for m, slot in enumerate(self.targets):
+            matrix = self.up[m] @ self.down[m]
+            if self.scale is not None:
+                matrix = matrix * self.scale[SLOTS.index(slot)]
+            row = SLOTS.index(slot) * self.dim
+            full[row:row + self.dim] = matrix
+        return full
+
+
+class LoRAQKV(nn.Module):
+    """timm's fused qkv ``nn.Linear`` plus a list of :class:`LoRABranch` (see the module docstring)."""
+
+    def __init__(self, qkv: nn.Linear) -> None:
+        super().__init__()
+        self.qkv = qkv
+        self.branches = nn.ModuleList()
+        self.active: list[int] | None = None
+        self.per_chunk: list[int] | None = None
+
+    @property
+    def dim(self) -> int:
+        """Model width (input size of the projection)."""
+        return self.qkv.in_features
+
+    def add_branch(self, rank: int, targets: Sequence[str] = ("q", "v"), down_init: str = "qr_uniform",
+                   generator: torch.Generator | None = None, scale: torch.Tensor | None = None) -> LoRABranch:
+        """Append a new branch (on the projection's device and dtype) and return it."""
+        branch = LoRABranch(self.dim, rank, targets, down_init, generator, scale)
+        branch.to(device=self.qkv.weight.device, dtype=self.qkv.weight.dtype)
+        self.branches.append(branch)
+        return branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.qkv(x)
+        if self.per_chunk is not None:
+            chunks = x.chunk(len(self.per_chunk), dim=0)
+            deltas = [self.branches[index].delta(chunk) for index, chunk in zip(self.per_chunk, chunks)]
+            return out + torch.cat(deltas, dim=0)
+        indices = range(len(self.branches)) if self.active is None else self.active
+        for index in indices:
+            out = out + self.branches[index].delta(x)
+        return out
+
+    @torch.no_grad()
+    def merge_branch(self, index: int) -> None:
+        """Fold branch ``index`` into the frozen qkv weight and remove it (outputs unchanged up to rounding).
+
+        Only for frozen branches of methods that sum all branches (``active is None``).
+        """
+        branch = self.branches[index]
+        self.qkv.weight += branch.weight_delta().to(self.qkv.weight.dtype)
+        del self.branches[index]
+
+
+def attach_lora(vit: nn.Module, block_indices: Sequence[int] | None = None) -> list[LoRAQKV]:
+    """Wrap ``vit.blocks[i].attn.qkv`` (all blocks by default) in :class:`LoRAQKV`; returns the wrappers.
+
+    Wrapping twice returns the existing wrappers.
+    """
+    indices = range(len(vit.blocks)) if block_indices is None else block_indices
+    wrappers = []
+    for index in indices:
+        attn = vit.blocks[index].attn
+        if not isinstance(attn.qkv, LoRAQKV):
+            attn.qkv = LoRAQKV(attn.qkv)
+        wrappers.append(attn.qkv)
+    return wrappers

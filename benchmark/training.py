@@ -1,0 +1,84 @@
+"""The epoch loop, optimisers and schedules shared by trained methods.
+
+A method builds its optimiser with :func:`build_optimizer` and a per-epoch schedule with
+:func:`build_scheduler`, then calls :func:`run_epochs` with a ``step(images, labels) -> loss`` function that
+does its forward pass, backward pass and optimiser step(s) (:func:`optimizer_step` for the usual single step).
+The loop moves batches to the device, reports progress to the task's monitor, steps the schedule once per
+epoch and stops with :class:`TrainingDiverged` on a NaN or infinite loss.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+from benchmark.errors import TrainingDiverged
+from benchmark.method import Task
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], name: Literal["sgd", "adam", "adamw"], lr: float,
+                    weight_decay: float = 0.0, momentum: float = 0.9,
+                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """SGD (with momentum) or Adam/AdamW over the given parameters; a new one per task resets momentum."""
+    parameters = [p for p in parameters if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}' (sgd, adam, adamw)")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "constant"], epochs: int,
+                    eta_min: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """CosineAnnealingLR(T_max=epochs, eta_min) stepped per epoch, or ``None`` for a constant lr."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=eta_min)
+    if name == "constant":
+        return None
+    raise ValueError(f"unknown schedule '{name}' (cosine, constant)")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   grad_clip: float | None = None) -> torch.Tensor:
+    """zero_grad (to None), backward, optional grad-norm clipping, one step. Returns the detached loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+               loader: Iterable | None = None) -> list[float]:
+    """Train for ``epochs`` over ``loader`` (default: the task's train loader); returns mean loss per epoch."""
+    loader = task.train_loader if loader is None else loader
+    task.monitor.start_epochs(epochs, len(loader))
+    epoch_losses = []
+    for epoch in range(epochs):
+        total = torch.zeros((), device=device)
+        batches = 0
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            loss = step(images, labels)
+            value = float(loss)
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} in task {task.index + 1}, epoch {epoch + 1}")
+            total += loss
+            batches += 1
+            task.monitor.end_batch(value)
+        if scheduler is not None:
+            scheduler.step()
+        mean = float(total) / max(batches, 1)
+        epoch_losses.append(mean)
+        task.monitor.end_epoch(epoch, mean)
+    return epoch_losses
