@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Mapping
 
@@ -25,7 +26,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
 def _convert(name: str, text: str, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         if text.lower() in ("none", "null"):
             return None

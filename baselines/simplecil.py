@@ -1,0 +1,57 @@
+"""SimpleCIL (Zhou et al., IJCV 2024): frozen backbone, class-mean prototypes, cosine classifier.
+
+Nothing is trained. After each task the prototype of every new class is the mean raw feature (CLS after the
+final LayerNorm) of its training images under the test transform; prediction is the cosine to every prototype
+(sigma = 1), argmax over all seen classes. Deterministic, so its curves check the data pipeline end to end
+(``data_protocol.md`` §10). Spec: ``prompt_baselines.md`` §4.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.classifiers import CosinePrototypeClassifier, prototype_pass
+from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size
+from benchmark.registry import register_method
+
+
+@dataclass
+class SimpleCILConfig(MethodConfig):
+    """SimpleCIL has no hyper-parameters besides the prototype/test batch size (hard-coded 128 upstream)."""
+
+    batch_size: int = 128
+
+
+@register_method("simplecil")
+class SimpleCIL(Method):
+    """Frozen ViT + cosine classifier over class-mean prototypes (the deterministic reference baseline)."""
+
+    config_class = SimpleCILConfig
+    default_cfgs = {"default": {"batch_size": 128}}
+    default_backbones = {family: "vit_base_patch16_224.augreg_in21k_ft_in1k"
+                         for family in ("cifar100", "imr", "ima", "vtab")}
+
+    def __init__(self, backbone, hparams, **kwargs) -> None:
+        super().__init__(backbone, hparams, **kwargs)
+        self.freeze_backbone()
+        self.classifier = CosinePrototypeClassifier(self.backbone.num_features)
+        self.to(self.device)
+
+    def train_task(self, task: Task) -> None:
+        """Append the prototypes of the task's classes (no training)."""
+        self.backbone.eval()
+        prototypes = prototype_pass(self.backbone, task.train_eval_loader, task.classes, self.device)
+        self.classifier.add(prototypes)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(images))
+
+    def restore_structure(self, task_sizes: list[int]) -> None:
+        self.classifier.prototypes = self.classifier.prototypes.new_zeros(sum(task_sizes),
+                                                                         self.backbone.num_features)
+
+    def parameter_report(self) -> ParameterReport:
+        return ParameterReport(backbone=backbone_size(self.backbone), trainable_task=0, head=0,
+                               trainable_total=0, stored=self.classifier.prototypes.numel(),
+                               notes="nothing trained; stored = class prototypes")

@@ -1,0 +1,294 @@
+"""The runner: for each (benchmark, method, seed), train task by task and evaluate on all seen classes.
+
+The runner owns the data: a method gets only the current task's training images (rehearsal-free) and never
+the test split; it returns logits, and the runner stores predictions from which metrics are computed. After
+each task a checkpoint lets a killed run continue; finished runs are skipped unless ``fresh``.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from benchmark.backbones import build_backbone, input_size
+from benchmark.config import as_dict, resolve_hparams
+from benchmark.errors import ClbenchError
+from benchmark.method import Method, SilentMonitor, Task, TrainingMonitor
+from benchmark.metrics import Evaluation, compute_metrics
+from benchmark.provenance import git_commit, package_versions
+from benchmark.registry import METHODS
+from benchmark.results import RunStore, atomic_write_json, read_json
+from benchmark.streams import Stream, benchmark_family, build_stream, parse_benchmark
+
+DEFAULT_BACKBONES = {
+    "cifar100": "vit_base_patch16_224.augreg_in21k",
+    "imr": "vit_base_patch16_224.augreg_in21k_ft_in1k",
+    "ima": "vit_base_patch16_224.augreg_in21k",
+    "vtab": "vit_base_patch16_224.augreg_in21k",
+    "digits": "vit_tiny_shapes",
+}
+DEFAULT_SEED = 1993
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (or None): CUDA when available, else CPU. An unavailable CUDA request is an error."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ClbenchError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClbenchError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+@dataclass
+class RunRequest:
+    """Everything that describes one run; the CLI fills it from its options."""
+
+    bench: str
+    method: str
+    seed: int = DEFAULT_SEED
+    backbone: str | None = None
+    weights: str | None = None
+    device: str | None = "auto"
+    data_root: Path = Path("data")
+    overrides: dict[str, str] = field(default_factory=dict)
+    results_dir: Path = Path("results")
+    workers: int | None = None
+    fresh: bool = False
+    max_tasks: int | None = None
+
+
+@dataclass
+class ResolvedRun:
+    """A validated request: method class, hyper-parameters and backbone name (no data loaded yet)."""
+
+    request: RunRequest
+    method_class: type[Method]
+    family: str
+    num_classes: int
+    num_tasks: int
+    hparams: Any
+    backbone: str
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.request.results_dir, self.request.bench, self.request.method, self.request.seed)
+
+
+def resolve_run(request: RunRequest) -> ResolvedRun:
+    """Check names and options (clear errors before any training) and resolve hyper-parameters."""
+    spec, num_tasks = parse_benchmark(request.bench)
+    family = benchmark_family(request.bench)
+    method_class = METHODS.get(request.method)
+    hparams = resolve_hparams(method_class.config_class, method_class.family_defaults(family), request.overrides)
+    backbone = request.backbone or method_class.default_backbones.get(family) or DEFAULT_BACKBONES[family]
+    if request.max_tasks is not None and not 1 <= request.max_tasks <= num_tasks:
+        raise ClbenchError(f"--max-tasks must be between 1 and {num_tasks} for {request.bench}")
+    return ResolvedRun(request, method_class, family, spec.num_classes, num_tasks, hparams, backbone)
+
+
+def build_method(run: ResolvedRun, device: torch.device, pretrained: bool = True) -> Method:
+    """Seed torch as the official code does (before the model is built), then build backbone and method."""
+    torch.manual_seed(run.request.seed)
+    backbone = build_backbone(run.backbone, run.request.weights, pretrained=pretrained)
+    return run.method_class(backbone, run.hparams, num_classes=run.num_classes, num_tasks=run.num_tasks,
+                            device=device, seed=run.request.seed)
+
+
+def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
+    """The resolved config saved beside the results."""
+    request = run.request
+    return {
+        "bench": request.bench,
+        "method": request.method,
+        "seed": request.seed,
+        "backbone": run.backbone,
+        "weights": str(request.weights) if request.weights else None,
+        "device": str(device),
+        "data_root": str(request.data_root),
+        "hparams": as_dict(run.hparams),
+        "overrides": dict(request.overrides),
+        "stream": stream.describe(),
+        "versions": package_versions(),
+        "git": git_commit(),
+        "command": sys.argv,
+    }
+
+
+def _comparable(config: dict) -> dict:
+    """The part of a config that must match for a run to be resumed."""
+    keys = ("bench", "method", "seed", "backbone", "weights", "hparams")
+    return {key: config.get(key) for key in keys} | {"class_order": config["stream"].get("class_order")}
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+@torch.inference_mode()
+def evaluate(method: Method, loader: DataLoader, device: torch.device) -> Evaluation:
+    """Labels and top-5 predictions of ``method`` on the seen-class test set, batched, in loader order."""
+    method.eval()
+    labels, top5 = [], []
+    for images, targets in loader:
+        logits = method.predict(images.to(device, non_blocking=True))
+        if logits.ndim != 2 or logits.shape[1] != method.seen_classes:
+            raise RuntimeError(f"{method.registry_name}.predict returned shape {tuple(logits.shape)}, expected "
+                               f"(batch, {method.seen_classes})")
+        top5.append(logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu())
+        labels.append(targets)
+    return Evaluation(labels=torch.cat(labels).numpy(), top5=torch.cat(top5).numpy())
+
+
+class RunLog:
+    """Writes a run's log lines to its ``log.txt`` and, unless silenced, to the console."""
+
+    def __init__(self, store: RunStore, echo: Callable[[str], None] | None) -> None:
+        self.store, self.echo = store, echo
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        self.store.append_log(line)
+        if self.echo is not None:
+            self.echo(message)
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: ``finished``, ``skipped`` (already finished), or ``failed`` with a reason."""
+
+    run: ResolvedRun
+    state: str
+    metrics: dict | None = None
+    reason: str | None = None
+
+
+MonitorFactory = Callable[[str, int], TrainingMonitor]
+
+
+def execute(run: ResolvedRun, monitor_factory: MonitorFactory | None = None,
+            echo: Callable[[str], None] | None = print) -> RunOutcome:
+    """Train and evaluate one run task by task, resuming from its checkpoint; failures are recorded."""
+    request, store = run.request, run.store
+    if request.fresh:
+        store.clear()
+    status = store.status()
+    if status["state"] == "finished" and store.metrics_path.exists():
+        return RunOutcome(run, "skipped", metrics=read_json(store.metrics_path))
+    log = RunLog(store, echo)
+    try:
+        return _train_and_evaluate(run, store, log, monitor_factory or (lambda label, total: SilentMonitor()))
+    except ClbenchError as error:
+        reason = str(error)
+    except Exception as error:  # recorded, and the other runs continue
+        reason = f"{type(error).__name__}: {error}"
+        store.append_log(traceback.format_exc())
+    log(f"FAILED {request.bench}/{request.method}/seed{request.seed}: {reason}")
+    tasks_done = store.status().get("tasks_done", 0)
+    store.write_status("failed", tasks_done, reason)
+    return RunOutcome(run, "failed", reason=reason)
+
+
+def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
+                        monitor_factory: MonitorFactory) -> RunOutcome:
+    request = run.request
+    device = resolve_device(request.device)
+    method = build_method(run, device)
+    stream = build_stream(request.bench, request.data_root, image_size=input_size(method.backbone),
+                          seed=request.seed, profile=method.transform_profile)
+    config = run_config(run, stream, device)
+    if store.config_path.exists():
+        previous = read_json(store.config_path)
+        if _comparable(previous) != _comparable(config):
+            raise ClbenchError(f"{store.path} holds a run with a different config; pass --fresh to replace it "
+                               "or choose another --results-dir")
+    atomic_write_json(store.config_path, config)
+    for warning in stream.warnings:
+        log(f"warning: {warning}")
+
+    checkpoint = store.load_checkpoint()
+    timing: list[dict] = read_json(store.timing_path) if store.timing_path.exists() else []
+    start = 0
+    if checkpoint is not None:
+        method.load_state_dict(checkpoint["method_state"])
+        start = checkpoint["tasks_done"]
+        timing = timing[:start]
+        log(f"resuming {request.bench}/{request.method}/seed{request.seed} after task {start}")
+    stop = request.max_tasks or run.num_tasks
+    workers = request.workers if request.workers is not None else (0 if run.family == "digits" else 8)
+    batch_size = run.hparams.batch_size
+    store.write_status("running", start)
+    for index in range(start, stop):
+        task_data = stream.tasks[index]
+        # Seeding per task makes a resumed run identical to an uninterrupted one (augmentation, shuffling).
+        torch.manual_seed(request.seed * 1000 + index)
+        loader_generator = torch.Generator().manual_seed(request.seed * 1000 + index)
+        pin = device.type == "cuda"
+        task = Task(
+            index=index, classes=list(task_data.classes), known_classes=sum(stream.increments[:index]),
+            seen_classes=sum(stream.increments[: index + 1]), num_tasks=run.num_tasks,
+            train_loader=DataLoader(task_data.train, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                    generator=loader_generator, pin_memory=pin),
+            train_eval_loader=DataLoader(task_data.train_eval, batch_size=method.eval_batch_size,
+                                         shuffle=False, num_workers=workers, pin_memory=pin),
+            monitor=monitor_factory(f"task {index + 1}/{run.num_tasks}", index))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
+        method.train()
+        method.learn(task)
+        train_seconds = time.perf_counter() - began
+        eval_loader = DataLoader(stream.eval_dataset(index), batch_size=method.eval_batch_size, shuffle=False,
+                                 num_workers=workers, pin_memory=pin)
+        began = time.perf_counter()
+        evaluation = evaluate(method, eval_loader, device)
+        eval_seconds = time.perf_counter() - began
+        peak, peak_source = _peak_memory_mb(device)
+        store.save_evaluation(index, evaluation)
+        timing.append({"task": index, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                       "peak_memory_mb": peak, "peak_memory_source": peak_source})
+        atomic_write_json(store.timing_path, timing)
+        store.save_checkpoint({"tasks_done": index + 1, "method_state": method.state_dict()})
+        store.write_status("running", index + 1)
+        partial = compute_metrics(store.load_evaluations(index + 1), stream.increments)
+        log(f"{request.method} task {index + 1}/{run.num_tasks}: A_{index + 1} = "
+            f"{partial['accuracy_curve_rounded'][-1]:.2f}  avg = {partial['avg_acc']:.2f}  "
+            f"(train {train_seconds:.1f}s, eval {eval_seconds:.1f}s)")
+    if stop < run.num_tasks:
+        log(f"stopped after task {stop} of {run.num_tasks} (--max-tasks); run again to continue")
+        return RunOutcome(run, "partial")
+    metrics = compute_metrics(store.load_evaluations(run.num_tasks), stream.increments)
+    metrics["parameters"] = method.parameter_report().as_dict()
+    metrics["train_seconds"] = sum(entry["train_seconds"] for entry in timing)
+    metrics["eval_seconds"] = sum(entry["eval_seconds"] for entry in timing)
+    metrics["peak_memory_mb"] = max(entry["peak_memory_mb"] for entry in timing)
+    atomic_write_json(store.metrics_path, metrics)
+    store.write_status("finished", run.num_tasks)
+    store.checkpoint_path.unlink(missing_ok=True)
+    log(f"finished {request.bench}/{request.method}/seed{request.seed}: avg_acc {metrics['avg_acc']:.2f}, "
+        f"last_acc {metrics['last_acc']:.2f}, forgetting (PILOT) {metrics['forgetting_pilot']:.2f}")
+    return RunOutcome(run, "finished", metrics=metrics)
+
+
+def describe_parameters(run: ResolvedRun) -> dict:
+    """Parameter report after all tasks of the benchmark, built from shapes only (no data, no weights)."""
+    method = build_method(run, torch.device("cpu"), pretrained=False)
+    spec, num_tasks = parse_benchmark(run.request.bench)
+    per_task = spec.num_classes // num_tasks
+    method.restore_structure([per_task] * num_tasks)
+    method.task_sizes = [per_task] * num_tasks
+    return method.parameter_report().as_dict()
+
