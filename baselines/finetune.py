@@ -34,6 +34,7 @@ class Finetune(Method):
     """Fine-tune backbone + a linear head on each task in turn (no forgetting counter-measure)."""
 
     config_class = FinetuneConfig
+    trains_backbone = True
     default_cfgs = {
         "default": {"epochs": 5, "lr": 0.005, "batch_size": 32},
         "digits": {"epochs": 4, "lr": 0.01, "batch_size": 32},

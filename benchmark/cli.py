@@ -49,7 +49,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- bench describe --------------------------------------------------------------------------------------
 def cmd_describe(args: argparse.Namespace) -> int:
-    """The stream of a benchmark without training, and/or the resolved hyper-parameters of a method."""
+    """The stream of a benchmark without training; with ``--method``, the method's resolved hyper-parameters
+    (``--bench`` then only selects the benchmark family of the defaults)."""
     if not args.bench and not args.method:
         raise ClbenchError("bench describe needs --bench B and/or --method M")
     if args.method:
@@ -59,6 +60,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
         family = benchmark_family(args.bench) if args.bench else None
         print(describe_hparams(METHODS.get(args.method), family))
+        return 0
     if args.bench:
         from benchmark.streams import build_stream
 
@@ -139,7 +141,7 @@ def _overrides_for(method: str, pairs: list[str] | None, methods: list[str]) -> 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train and evaluate every (benchmark, method, seed); print a summary; non-zero if a run failed."""
     from benchmark.progress import RunProgress
-    from benchmark.runner import RunRequest, execute, resolve_device, resolve_run
+    from benchmark.runner import RunRequest, check_resumable, execute, resolve_device, resolve_run
 
     methods = _methods(args.methods)
     benches = _split(args.bench) or [DEFAULT_BENCH]
@@ -150,6 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, data_root=Path(args.data_root), overrides=_overrides_for(method, args.set, methods),
         results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks))
         for bench in benches for method in methods for seed in seeds]
+    for run in runs:
+        check_resumable(run)
     outcomes = []
     with RunProgress(quiet=args.quiet, total_runs=len(runs)) as progress:
         for run in runs:

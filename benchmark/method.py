@@ -147,6 +147,8 @@ class Method(nn.Module):
     default_backbones: ClassVar[dict[str, str]] = {}
     """Backbone (timm name with tag, or a registered backbone) per benchmark family, when not given."""
     transform_profile: ClassVar[str] = "default"
+    trains_backbone: ClassVar[bool] = False
+    """True only for methods that update pretrained backbone tensors (e.g. sequential fine-tuning)."""
     registry_name: ClassVar[str] = ""
 
     def __init__(self, backbone: nn.Module, hparams: MethodConfig, *, num_classes: int, num_tasks: int,

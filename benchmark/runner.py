@@ -126,10 +126,22 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
     }
 
 
-def _comparable(config: dict) -> dict:
-    """The part of a config that must match for a run to be resumed."""
-    keys = ("bench", "method", "seed", "backbone", "weights", "hparams")
-    return {key: config.get(key) for key in keys} | {"class_order": config["stream"].get("class_order")}
+RESUME_KEYS = ("bench", "method", "seed", "backbone", "weights", "hparams")
+
+
+def check_resumable(run: ResolvedRun) -> None:
+    """Stored results of a different config under the same folder are an error (unless ``fresh``)."""
+    store = run.store
+    if run.request.fresh or not store.config_path.exists():
+        return
+    stored = read_json(store.config_path)
+    current = {"bench": run.request.bench, "method": run.request.method, "seed": run.request.seed,
+               "backbone": run.backbone, "weights": str(run.request.weights) if run.request.weights else None,
+               "hparams": as_dict(run.hparams)}
+    changed = [key for key in RESUME_KEYS if stored.get(key) != current[key]]
+    if changed:
+        raise ClbenchError(f"{store.path} holds a run with a different config ({', '.join(changed)}); pass --fresh "
+                           "to replace it or choose another --results-dir")
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -211,10 +223,9 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
                           seed=request.seed, profile=method.transform_profile)
     config = run_config(run, stream, device)
     if store.config_path.exists():
-        previous = read_json(store.config_path)
-        if _comparable(previous) != _comparable(config):
-            raise ClbenchError(f"{store.path} holds a run with a different config; pass --fresh to replace it "
-                               "or choose another --results-dir")
+        stored_order = read_json(store.config_path)["stream"].get("class_order")
+        if stored_order != config["stream"]["class_order"]:
+            raise ClbenchError(f"{store.path} was run with another class order; pass --fresh to replace it")
     atomic_write_json(store.config_path, config)
     for warning in stream.warnings:
         log(f"warning: {warning}")

@@ -1,0 +1,126 @@
+"""End to end through the `bench` CLI on the built-in digits benchmark: run, table, plot, resume, bad input."""
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+
+FAST = ["--set", "finetune.epochs=1", "--quiet", "--workers", "0"]
+
+
+def bench(*args: str) -> int:
+    return main([str(arg) for arg in args])
+
+
+@pytest.fixture(scope="module")
+def finished_results(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    assert bench("run", "--methods", "simplecil,finetune", "--bench", "digits_t5", "--results-dir", results,
+                 *FAST) == 0
+    return results
+
+
+def read_metrics(results: Path, method: str, seed: int = 1993) -> dict:
+    return json.loads((results / "digits_t5" / method / f"seed{seed}" / "metrics.json").read_text())
+
+
+def test_run_records_metrics_config_and_predictions(finished_results):
+    run_dir = finished_results / "digits_t5" / "simplecil" / "seed1993"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["stream"]["class_order"] == list(range(10))
+    assert config["hparams"]["batch_size"] == 128
+    assert config["versions"]["torch"] and "commit" in config["git"]
+    assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == [f"task{i}.npz" for i in range(5)]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    assert not (run_dir / "checkpoint.pt").exists()
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_simplecil_above_chance_and_finetune_forgets(finished_results):
+    simplecil = read_metrics(finished_results, "simplecil")
+    finetune = read_metrics(finished_results, "finetune")
+    assert simplecil["last_acc"] > 40  # chance over 10 classes is 10 %
+    assert len(simplecil["acc_matrix"]) == 5
+    first_task_after_learning = finetune["acc_matrix"][0][0]
+    first_task_at_end = finetune["acc_matrix"][-1][0]
+    assert first_task_after_learning - first_task_at_end > 50
+    assert finetune["forgetting_pilot"] > 30
+
+
+def test_table_and_plot(finished_results, capsys):
+    capsys.readouterr()
+    assert bench("table", "--results-dir", finished_results, "--paper") == 0
+    output = capsys.readouterr().out
+    assert "simplecil" in output and "finetune" in output and "digits_t5" in output
+    for suffix in ("md", "csv", "tex"):
+        assert (finished_results / "tables" / f"summary.{suffix}").stat().st_size > 0
+    assert bench("table", "--results-dir", finished_results, "--format", "latex", "--metric", "forgetting") == 0
+    assert "tabular" in capsys.readouterr().out
+    assert bench("plot", "--results-dir", finished_results) == 0
+    plots = sorted(p.name for p in (finished_results / "plots").iterdir())
+    assert plots == ["digits_t5_acc_vs_params.png", "digits_t5_accuracy.png"]
+
+
+def test_finished_runs_are_skipped(finished_results, capsys):
+    before = (finished_results / "digits_t5" / "finetune" / "seed1993" / "metrics.json").read_text()
+    assert bench("run", "--methods", "finetune", "--bench", "digits_t5", "--results-dir", finished_results,
+                 *FAST) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (finished_results / "digits_t5" / "finetune" / "seed1993" / "metrics.json").read_text() == before
+
+
+def test_resume_gives_identical_metrics(finished_results, tmp_path):
+    assert bench("run", "--methods", "finetune", "--bench", "digits_t5", "--results-dir", tmp_path,
+                 "--max-tasks", "2", *FAST) == 0
+    run_dir = tmp_path / "digits_t5" / "finetune" / "seed1993"
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
+    assert bench("run", "--methods", "finetune", "--bench", "digits_t5", "--results-dir", tmp_path, *FAST) == 0
+    resumed, uninterrupted = read_metrics(tmp_path, "finetune"), read_metrics(finished_results, "finetune")
+    assert resumed["acc_matrix"] == uninterrupted["acc_matrix"]
+    assert "resuming" in (run_dir / "log.txt").read_text()
+
+
+def test_changed_config_does_not_resume_silently(tmp_path, capsys):
+    assert bench("run", "--methods", "finetune", "--bench", "digits_t5", "--results-dir", tmp_path,
+                 "--max-tasks", "1", *FAST) == 0
+    assert bench("run", "--methods", "finetune", "--bench", "digits_t5", "--results-dir", tmp_path,
+                 "--set", "finetune.lr=0.5", "--quiet") == 2
+    assert "different config (hparams)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--methods", "simplecill"], "Did you mean 'simplecil'"),
+    (["run", "--bench", "digits_t3"], "valid"),
+    (["run", "--bench", "mnist_t5"], "unknown"),
+    (["run", "--methods", "finetune", "--set", "finetune.epoch=2"], "no selected method has a hyper-parameter"),
+    (["run", "--methods", "finetune", "--set", "epochs=two"], "expected int"),
+    (["run", "--seeds", "1,x"], "--seeds"),
+    (["run", "--methods", "simplecil", "--max-tasks", "9"], "--max-tasks"),
+    (["table", "--metric", "speed"], "valid metrics"),
+])
+def test_bad_input_is_one_clear_error(args, message, tmp_path, capsys):
+    assert bench(*args, "--results-dir", tmp_path) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+
+
+def test_nan_loss_is_recorded_as_failed_run(tmp_path, capsys):
+    code = bench("run", "--methods", "finetune,simplecil", "--bench", "digits_t5", "--results-dir", tmp_path,
+                 "--set", "finetune.lr=1e38", *FAST[2:])
+    assert code == 1
+    run_dir = tmp_path / "digits_t5" / "finetune" / "seed1993"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "loss became" in status["reason"]
+    assert not (run_dir / "metrics.json").exists()
+    assert (tmp_path / "digits_t5" / "simplecil" / "seed1993" / "metrics.json").exists()  # others continue
+
+
+def test_list_and_params(capsys):
+    assert bench("list") == 0
+    output = capsys.readouterr().out
+    assert "simplecil" in output and "digits_t5" in output and "imr_t40" in output
+    assert bench("params", "--methods", "simplecil,finetune", "--backbone", "vit_base_patch16_224",
+                 "--bench", "cifar100_t20") == 0
+    output = capsys.readouterr().out
+    assert "85,798,656" in output and "76,800" in output  # backbone size; SimpleCIL stores 100 x 768

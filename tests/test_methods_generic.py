@@ -1,0 +1,70 @@
+"""Every registered method (built-in or plugin) on a tiny ViT and a tiny synthetic stream, as timm tests
+every registered model: it trains, predicts over the seen classes, restores its state to identical
+predictions, reports parameters consistently and leaves the pretrained backbone untouched."""
+import dataclasses
+
+import pytest
+import torch
+
+from benchmark.config import resolve_hparams
+from benchmark.method import backbone_size
+from benchmark.registry import METHODS
+from conftest import make_tasks, make_tiny_vit
+
+NUM_TASKS, CLASSES_PER_TASK = 2, 2
+
+
+def build(name: str, seed: int = 0):
+    method_class = METHODS.get(name)
+    defaults = method_class.family_defaults("digits")
+    fields = {field.name for field in dataclasses.fields(method_class.config_class)}
+    fast = {key: value for key, value in {"epochs": 1, "batch_size": 8}.items() if key in fields}
+    hparams = resolve_hparams(method_class.config_class, {**defaults, **fast}, {})
+    return method_class(make_tiny_vit(seed), hparams, num_classes=NUM_TASKS * CLASSES_PER_TASK,
+                        num_tasks=NUM_TASKS, device="cpu", seed=1993)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name):
+    torch.manual_seed(0)
+    method = build(name)
+    pretrained = {key: value.clone() for key, value in make_tiny_vit(0).state_dict().items()}
+    tasks, _ = make_tasks(NUM_TASKS, CLASSES_PER_TASK, per_class=8, batch_size=8)
+    probe = torch.rand(5, 3, 32, 32)
+    for task in tasks:
+        method.train()
+        method.learn(task)
+        method.eval()
+        with torch.inference_mode():
+            logits = method.predict(probe)
+        assert logits.shape == (5, task.seen_classes)
+        assert torch.isfinite(logits).all()
+
+    restored = build(name)
+    restored.load_state_dict(method.state_dict())
+    restored.eval()
+    with torch.inference_mode():
+        assert torch.equal(restored.predict(probe), method.predict(probe))
+    assert restored.task_sizes == method.task_sizes
+
+    report = method.parameter_report()
+    assert report.backbone == backbone_size(make_tiny_vit(0))
+    assert min(report.trainable_task, report.head, report.trainable_total, report.stored) >= 0
+    if not getattr(method, "trains_backbone", False):
+        current = {key.replace(".qkv.qkv.", ".qkv.").replace(".attn.attn.", ".attn."): value
+                   for key, value in method.backbone.state_dict().items()}
+        for key, value in pretrained.items():
+            assert torch.equal(current[key], value), f"{name} changed pretrained tensor {key}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_restore_structure_matches_trained_shapes(name):
+    trained = build(name)
+    tasks, _ = make_tasks(NUM_TASKS, CLASSES_PER_TASK, per_class=4, batch_size=8)
+    for task in tasks:
+        trained.learn(task)
+    fresh = build(name)
+    fresh.restore_structure(list(trained.task_sizes))
+    shapes = {key: tuple(value.shape) for key, value in trained.state_dict().items() if torch.is_tensor(value)}
+    fresh_shapes = {key: tuple(value.shape) for key, value in fresh.state_dict().items() if torch.is_tensor(value)}
+    assert set(shapes) == set(fresh_shapes)
