@@ -16,9 +16,20 @@ class TaskLinearHeads(nn.Module):
         self.feature_dim = feature_dim
         self.heads = nn.ModuleList()
 
-    def add_head(self, num_classes: int) -> nn.Linear:
-        """Append a head for a new task (on the device of existing heads) and return it."""
-        head = nn.Linear(self.feature_dim, num_classes)
+    def add_head(self, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
+        """Append a head for a new task (on the device of existing heads) and return it.
+
+        With ``generator``, nn.Linear's default init (weight and bias U(+-1/sqrt(dim))) is drawn from it instead
+        of the global RNG.
+        """
+        if generator is None:
+            head = nn.Linear(self.feature_dim, num_classes)
+        else:
+            head = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, num_classes)
+            bound = 1.0 / self.feature_dim ** 0.5
+            with torch.no_grad():
+                head.weight.copy_((torch.rand(num_classes, self.feature_dim, generator=generator) * 2 - 1) * bound)
+                head.bias.copy_((torch.rand(num_classes, generator=generator) * 2 - 1) * bound)
         if len(self.heads):
             head.to(self.heads[0].weight.device)
         self.heads.append(head)
@@ -44,3 +55,15 @@ def mask_to_current_task(logits: torch.Tensor, known_classes: int, seen_classes:
         mask[:known_classes] = True
         logits = logits.masked_fill(mask, float("-inf"))
     return logits
+
+
+def linear_head(in_features: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
+    """The single ``Linear(dim, C_total)`` head of L2P, DualPrompt and CODA-P (PILOT's ViT head init).
+
+    Weights trunc-normal with std 0.02, bias zero; training masks it with :func:`mask_to_current_task`.
+    """
+    head = nn.Linear(in_features, num_classes)
+    with torch.no_grad():
+        nn.init.trunc_normal_(head.weight, std=0.02, generator=generator)
+        head.bias.zero_()
+    return head

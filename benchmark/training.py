@@ -34,14 +34,24 @@ def build_optimizer(parameters: Iterable[nn.Parameter], name: Literal["sgd", "ad
     raise ValueError(f"unknown optimizer '{name}' (sgd, adam, adamw)")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "constant"], epochs: int,
-                    eta_min: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """CosineAnnealingLR(T_max=epochs, eta_min) stepped per epoch, or ``None`` for a constant lr."""
+def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "coda_cosine", "constant"],
+                    epochs: int, eta_min: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-epoch schedule, or ``None`` for a constant lr.
+
+    - ``cosine``: CosineAnnealingLR(T_max=epochs, eta_min);
+    - ``coda_cosine``: the CODA-Prompt/InfLoRA ``CosineSchedule``, lr_e = base * cos(99 pi e / (200 (K - 1))) for
+      epoch e of K (base lr when K = 1); it ends near 0.016 * base, not at ``eta_min``.
+    """
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=eta_min)
+    if name == "coda_cosine":
+        def factor(epoch: int) -> float:
+            return math.cos(99 * math.pi * epoch / (200 * (epochs - 1))) if epochs > 1 else 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "constant":
         return None
-    raise ValueError(f"unknown schedule '{name}' (cosine, constant)")
+    raise ValueError(f"unknown schedule '{name}' (cosine, coda_cosine, constant)")
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,

@@ -62,7 +62,8 @@ class LoRABranch(nn.Module):
     """One low-rank update per targeted slot: ``down`` (M, r, dim), ``up`` (M, dim, r), M = len(targets).
 
     ``scale`` is an optional (3,) tensor indexed by slot (q, k, v) that multiplies the slot's delta
-    (CL-LoRA's block weights); ``None`` means 1. Untargeted slots get no delta.
+    (CL-LoRA's block weights), or a (1,) tensor shared by every slot (the CL-LoRA paper's one weight per
+    block); ``None`` means 1. Untargeted slots get no delta.
     """
 
     def __init__(self, dim: int, rank: int, targets: Sequence[str] = ("q", "v"), down_init: str = "qr_uniform",
@@ -83,7 +84,8 @@ class LoRABranch(nn.Module):
         hidden = torch.einsum("...d,mrd->...mr", x, self.down)
         delta = torch.einsum("...mr,mdr->...md", hidden, self.up)
         if self.scale is not None:
-            delta = delta * self.scale[[SLOTS.index(t) for t in self.targets]].unsqueeze(-1)
+            scale = self.scale if self.scale.numel() == 1 else self.scale[[SLOTS.index(t) for t in self.targets]]
+            delta = delta * scale.unsqueeze(-1)
         return delta
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,13 +99,23 @@ class LoRABranch(nn.Module):
                 parts.append(x.new_zeros(*x.shape[:-1], self.dim))
         return torch.cat(parts, dim=-1)
 
+    def add_delta_(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """Add this branch's delta to ``out`` (..., 3 * dim) in place, only into the targeted slots.
+
+        The same numbers as ``out + self.delta(x)`` without building and adding the zero slots.
+        """
+        deltas = self.slot_deltas(x)
+        for m, slot in enumerate(self.targets):
+            start = SLOTS.index(slot) * self.dim
+            out[..., start:start + self.dim] += deltas[..., m, :]
+
     def weight_delta(self) -> torch.Tensor:
         """The (3*dim, dim) matrix this branch adds to the qkv weight (for merging frozen branches)."""
         full = self.down.new_zeros(3 * self.dim, self.dim)
         for m, slot in enumerate(self.targets):
             matrix = self.up[m] @ self.down[m]
             if self.scale is not None:
-                matrix = matrix * self.scale[SLOTS.index(slot)]
+                matrix = matrix * (self.scale if self.scale.numel() == 1 else self.scale[SLOTS.index(slot)])
             row = SLOTS.index(slot) * self.dim
             full[row:row + self.dim] = matrix
         return full
@@ -118,6 +130,8 @@ class LoRAQKV(nn.Module):
         self.branches = nn.ModuleList()
         self.active: list[int] | None = None
         self.per_chunk: list[int] | None = None
+        self.dropout = 0.0
+        """Dropout on the branches' input in training mode, one mask shared by every branch (O-LoRA)."""
 
     @property
     def dim(self) -> int:
@@ -134,13 +148,16 @@ class LoRAQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.qkv(x)
+        if self.dropout and self.training:
+            x = nn.functional.dropout(x, self.dropout, training=True)
         if self.per_chunk is not None:
-            chunks = x.chunk(len(self.per_chunk), dim=0)
-            deltas = [self.branches[index].delta(chunk) for index, chunk in zip(self.per_chunk, chunks)]
-            return out + torch.cat(deltas, dim=0)
+            chunks = zip(self.per_chunk, x.chunk(len(self.per_chunk), dim=0), out.chunk(len(self.per_chunk), dim=0))
+            for index, x_chunk, out_chunk in chunks:
+                self.branches[index].add_delta_(out_chunk, x_chunk)
+            return out
         indices = range(len(self.branches)) if self.active is None else self.active
         for index in indices:
-            out = out + self.branches[index].delta(x)
+            self.branches[index].add_delta_(out, x)
         return out
 
     @torch.no_grad()
@@ -152,6 +169,31 @@ class LoRAQKV(nn.Module):
         branch = self.branches[index]
         self.qkv.weight += branch.weight_delta().to(self.qkv.weight.dtype)
         del self.branches[index]
+
+    @torch.no_grad()
+    def stack_branches(self, indices: Sequence[int]) -> LoRABranch:
+        """Replace branches ``indices`` (same targets and scale) by one frozen branch computing their sum.
+
+        Downs are stacked by rows and ups by columns (rank = sum of ranks), so outputs are unchanged while
+        every down-projection stays available (O-LoRA's saver keeps old adapters this way). The stacked branch
+        takes the place of the lowest index. Only for methods that sum all branches (``active is None``).
+        """
+        parts = [self.branches[index] for index in indices]
+        first = parts[0]
+        if any(p.targets != first.targets or (p.scale is None) != (first.scale is None) or
+               (p.scale is not None and not torch.equal(p.scale, first.scale)) for p in parts):
+            raise ValueError("only branches with the same targets and scale can be stacked")
+        scale = None if first.scale is None else first.scale.detach().clone()
+        stacked = LoRABranch(self.dim, sum(p.rank for p in parts), first.targets, "zeros", scale=scale)
+        stacked.to(device=first.down.device, dtype=first.down.dtype)
+        stacked.down.copy_(torch.cat([p.down for p in parts], dim=1))
+        stacked.up.copy_(torch.cat([p.up for p in parts], dim=2))
+        stacked.requires_grad_(False)
+        position = min(indices)
+        for index in sorted(indices, reverse=True):
+            del self.branches[index]
+        self.branches.insert(position, stacked)
+        return stacked
 
 
 def attach_lora(vit: nn.Module, block_indices: Sequence[int] | None = None) -> list[LoRAQKV]:
