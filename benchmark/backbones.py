@@ -49,7 +49,7 @@ def vit_tiny_shapes(pretrained: bool = True) -> VisionTransformer:
         if not DIGITS_WEIGHTS.exists():
             raise WeightsError(
                 f"weights of vit_tiny_shapes not found at {DIGITS_WEIGHTS}; create them with "
-                "`python -m benchmark.pretrain_shapes` (deterministic, about a minute on CPU)")
+                "`python -m benchmark.pretrain_shapes` (deterministic, about 2-3 minutes on CPU)")
         load_weights_file(model, DIGITS_WEIGHTS)
     return model
 
