@@ -72,7 +72,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         for index, task in enumerate(stream.tasks):
             counts = info["tasks"][index]
             print(f"  task {index + 1:>2}: classes {task.classes[0]}-{task.classes[-1]}  "
-                  f"train {counts['train']:>6}  test {counts['test']:>6}")
+                  f"train {counts['train_count']:>6}  test {counts['test_count']:>6}")
         for warning in stream.warnings:
             print(f"warning: {warning}")
     return 0

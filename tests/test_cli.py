@@ -124,3 +124,45 @@ def test_list_and_params(capsys):
                  "--bench", "cifar100_t20") == 0
     output = capsys.readouterr().out
     assert "85,798,656" in output and "76,800" in output  # backbone size; SimpleCIL stores 100 x 768
+
+
+@pytest.mark.parametrize("bench_name, tasks, first_classes", [
+    ("cifar100_t20", 20, "classes 0-4"),
+    ("imr_t40", 40, "classes 0-4"),
+    ("ima_t10", 10, "classes 0-19"),
+    ("vtab_t5", 5, "classes 0-9"),
+])
+def test_describe_fabricated_trees(bench_name, tasks, first_classes, tmp_path, capsys):
+    from fabricate import write_dataset
+
+    write_dataset(tmp_path, bench_name.split("_")[0], train_per_class=1, test_per_class=1)
+    assert bench("describe", "--bench", bench_name, "--data-root", tmp_path) == 0
+    output = capsys.readouterr().out
+    task_lines = [line for line in output.splitlines() if line.strip().startswith("task")]
+    assert len(task_lines) == tasks
+    assert first_classes in task_lines[0]
+    if bench_name.startswith("vtab"):
+        assert "[0, 1, 2, 3" in output  # identity order
+    elif bench_name.startswith("cifar"):
+        assert "[68, 56, 78, 8, 23" in output  # seed-1993 permutation
+    else:
+        assert "[168, 136, 51, 9, 183" in output
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
+    assert bench("describe", "--bench", "imr_t10", "--data-root", tmp_path) == 2
+    error = capsys.readouterr().err
+    assert "imagenet-r" in error and "imagenet-r.zip" in error and "Traceback" not in error
+
+
+def test_corrupt_image_fails_the_run_with_the_file_name(tmp_path, capsys):
+    from fabricate import corrupt_file, write_dataset
+
+    root = write_dataset(tmp_path / "data", "vtab", train_per_class=1, test_per_class=1)
+    victim = sorted((tmp_path / "data" / "vtab" / "train" / "0").iterdir())[0]
+    corrupt_file(victim)
+    code = bench("run", "--methods", "simplecil", "--bench", "vtab_t5", "--backbone", "vit_tiny_random",
+                 "--data-root", tmp_path / "data", "--results-dir", tmp_path / "results", "--quiet", "--workers", "0")
+    assert code == 1
+    status = json.loads((tmp_path / "results" / "vtab_t5" / "simplecil" / "seed1993" / "status.json").read_text())
+    assert status["state"] == "failed" and victim.name in status["reason"]
