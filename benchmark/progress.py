@@ -1,6 +1,7 @@
 """Console output of ``bench run``: rich progress bars (runs, epochs, batches with loss) or plain log lines."""
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 from rich.console import Console
@@ -111,4 +112,4 @@ class RunProgress:
             table.add_row(request.bench, request.method, str(request.seed), state, fmt("avg_acc"),
                           fmt("last_acc"), fmt("forgetting_pilot"),
                           f"{parameters['trainable_task_pct']:.3f}" if parameters else "–")
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 120).print(table)

@@ -55,7 +55,7 @@ def summary_table(results: pd.DataFrame, metrics: list[str], with_paper: bool = 
         for metric in metrics:
             column, label = METRICS[metric]
             table.setdefault((bench, label), {})[method] = _mean_std(group[column].astype(float))
-            if paper is not None:
+            if paper is not None and (paper["benchmark"] == bench).any():
                 match = paper[(paper["method"] == method) & (paper["benchmark"] == bench)
                               & (paper["metric"] == column)]
                 table.setdefault((bench, f"{label} paper"), {})[method] = (
@@ -134,6 +134,7 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     finished = results[results["state"] == "finished"] if len(results) else results
     out_dir = Path(out_dir)
@@ -150,6 +151,7 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
                 std = curves.std(axis=0, ddof=1)
                 axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
         axis.set(xlabel="tasks learned", ylabel="accuracy on seen classes (%)", title=bench)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         paths.append(_save(figure, out_dir / f"{bench}_accuracy.png"))
@@ -157,10 +159,11 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
         figure, axis = plt.subplots(figsize=(6, 4))
         summary = group.groupby("method").agg(last=("last_acc", "mean"), params=("trainable_task_pct", "mean"))
         for method, row in summary.iterrows():
-            x = max(float(row["params"]), 1e-4)
+            x = float(row["params"])
             axis.scatter(x, row["last"], s=40)
             axis.annotate(method, (x, row["last"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        axis.set(xscale="log", xlabel="trainable parameters per task (% of backbone, log)",
+        axis.set_xscale("symlog", linthresh=0.01)  # methods that train nothing sit at 0
+        axis.set(xlabel="trainable parameters per task (% of backbone, symlog)",
                  ylabel="final accuracy A_T (%)", title=bench)
         axis.grid(alpha=0.3)
         paths.append(_save(figure, out_dir / f"{bench}_acc_vs_params.png"))

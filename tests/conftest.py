@@ -19,18 +19,18 @@ def make_tiny_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
     return tiny_vit(**kwargs).eval()
 
 
-def synthetic_images(num_classes: int, per_class: int, seed: int, image_size: int = 32
+def synthetic_images(num_classes: int, per_class: int, seed: int, image_size: int = 32, pattern_seed: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Easily separable images: each class has its own colour and stripe pattern, plus noise. In [0, 1]."""
-    generator = torch.Generator().manual_seed(seed)
+    """Easily separable images: each class has its own colour and stripe pattern (fixed by ``pattern_seed``),
+    plus noise drawn from ``seed``. In [0, 1]."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    base = torch.rand(num_classes, 3, 1, 1, generator=generator)
+    base = torch.rand(num_classes, 3, 1, 1, generator=torch.Generator().manual_seed(pattern_seed))
     freq = torch.arange(num_classes).float() % 5 + 1
     grid = torch.linspace(0, 3.1416, image_size)
     stripes = torch.sin(freq[:, None, None] * grid[None, :, None] + (torch.arange(num_classes) % 3)[:, None, None]
                         * grid[None, None, :])
-    images = 0.5 * base[labels] + 0.3 * stripes[labels].unsqueeze(1) + 0.1 * torch.rand(
-        len(labels), 3, image_size, image_size, generator=generator)
+    noise = torch.rand(len(labels), 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    images = 0.5 * base[labels] + 0.3 * stripes[labels].unsqueeze(1) + 0.1 * noise
     return images.clamp(0, 1), labels
 
 
@@ -38,8 +38,8 @@ def make_tasks(num_tasks: int = 3, classes_per_task: int = 2, per_class: int = 1
                seed: int = 0, image_size: int = 32) -> tuple[list[Task], list[TensorDataset]]:
     """``num_tasks`` Task objects over synthetic data, and the per-task test sets (global labels)."""
     total = num_tasks * classes_per_task
-    train_x, train_y = synthetic_images(total, per_class, seed, image_size)
-    test_x, test_y = synthetic_images(total, max(per_class // 2, 2), seed + 1, image_size)
+    train_x, train_y = synthetic_images(total, per_class, seed, image_size, pattern_seed=seed)
+    test_x, test_y = synthetic_images(total, max(per_class // 2, 2), seed + 1, image_size, pattern_seed=seed)
     tasks, tests = [], []
     for index in range(num_tasks):
         classes = list(range(index * classes_per_task, (index + 1) * classes_per_task))
