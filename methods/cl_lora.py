@@ -156,13 +156,8 @@ class CLLoRA(Method):
         "digits": {"epochs": 2, "lr": 0.05, "batch_size": 32, "weight_decay": 5e-4, "rank": 4,
                    "shared_blocks": 2},
     }
-    default_backbones = {
-        "cifar100": "vit_base_patch16_224.augreg_in21k",
-        "imr": "vit_base_patch16_224.augreg_in21k_ft_in1k",
-        "ima": "vit_base_patch16_224.augreg_in21k",
-        "vtab": "vit_base_patch16_224.augreg_in21k",
-        "digits": "vit_tiny_shapes",
-    }
+    # Backbones: the harness defaults (benchmark/runner.py DEFAULT_BACKBONES) are CL-LoRA's configs: AugReg
+    # in21k on CIFAR-100, ImageNet-A and VTAB, in21k -> in1k on ImageNet-R (inr.json).
 
     def __init__(self, backbone, hparams: CLLoRAConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)
