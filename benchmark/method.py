@@ -12,6 +12,7 @@ killed run can resume, and ``bench params`` can count parameters after T tasks w
 from __future__ import annotations
 
 import dataclasses
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Protocol
 
@@ -133,7 +134,7 @@ def backbone_size(backbone: nn.Module) -> int:
     return count_parameters(backbone.parameters())
 
 
-class Method(nn.Module):
+class Method(nn.Module, metaclass=ABCMeta):
     """Base class of every continual learner.
 
     Subclasses set ``config_class`` (a :class:`MethodConfig` dataclass) and ``default_cfgs`` (hyper-parameter
@@ -177,17 +178,17 @@ class Method(nn.Module):
         self.train_task(task)
         self.task_sizes.append(task.num_classes)
 
+    @abstractmethod
     def train_task(self, task: Task) -> None:
-        """Learn one task from its training data (subclasses implement it)."""
-        raise NotImplementedError
+        """Learn one task from its training data."""
 
+    @abstractmethod
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (or scores) over all classes seen so far, shape (B, seen_classes), global class ids."""
-        raise NotImplementedError
 
+    @abstractmethod
     def parameter_report(self) -> ParameterReport:
         """Parameter counts after the last learned task (see :class:`ParameterReport`)."""
-        raise NotImplementedError
 
     # -- state -------------------------------------------------------------------------------------
     @property

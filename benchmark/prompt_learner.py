@@ -11,6 +11,8 @@ PILOT's test loaders). ``batchwise_prompt=false`` selects per sample.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from dataclasses import dataclass
 
 import torch
@@ -50,9 +52,9 @@ class PromptLearner(Method):
         self.freeze_backbone()
         self.head = linear_head(self.backbone.num_features, self.num_classes, self.make_generator(0))
 
+    @abstractmethod
     def prompted_forward(self, images: torch.Tensor, task_index: int | None) -> tuple[torch.Tensor, Selection]:
         """Logits over all C_total classes and the prompt selection; ``task_index`` is None at test time."""
-        raise NotImplementedError
 
     def train_task(self, task: Task) -> None:
         """Masked cross-entropy minus the weighted pull term, with a fresh Adam optimiser."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 from benchmark.errors import DataError
 
 
-class ImageSource:
+class ImageSource(ABC):
     """One split of a dataset: ``targets`` (raw labels, int64) and the image at each position."""
 
     targets: np.ndarray
@@ -21,9 +22,9 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.targets)
 
+    @abstractmethod
     def load(self, index: int) -> Image.Image:
         """The RGB PIL image at ``index``."""
-        raise NotImplementedError
 
 
 class ArrayImages(ImageSource):
