@@ -12,7 +12,6 @@ PILOT's test loaders). ``batchwise_prompt=false`` selects per sample.
 from __future__ import annotations
 
 from abc import abstractmethod
-
 from dataclasses import dataclass
 
 import torch
