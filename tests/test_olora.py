@@ -1,0 +1,117 @@
+"""O-LoRA ViT port against hand computations from ``inflora_olora.md`` §3 (complements ``test_lora_baselines.py``):
+the method's full penalty (blocks x slots x previous tasks) and its gradient, the shared dropout mask, what
+trains, the logged orthogonality term, the placement switch and the ViT-B/16 counts."""
+import pytest
+import torch
+
+from baselines.olora import OLoRA, OLoRAConfig
+from benchmark.backbones import build_backbone
+from benchmark.config import resolve_hparams
+from benchmark.peft.lora import attach_lora
+from conftest import make_tasks, make_tiny_vit
+
+
+def build(num_tasks: int = 3, overrides: dict | None = None, **values) -> OLoRA:
+    defaults = {**OLoRA.family_defaults("digits"), "epochs": 1, "batch_size": 8, **values}
+    hparams = resolve_hparams(OLoRAConfig, defaults, overrides or {})
+    return OLoRA(make_tiny_vit(0), hparams, num_classes=2 * num_tasks, num_tasks=num_tasks, device="cpu", seed=1993)
+
+
+def test_penalties_and_gradient_match_a_hand_sum_over_blocks_slots_and_tasks():
+    method = build(lambda_l2=0.3)
+    tasks, _ = make_tasks(3, 2, per_class=4, batch_size=8)
+    for task in tasks[:2]:
+        method.learn(task)
+    method.restore_structure([2, 2, 2])  # task 2's fresh branches, as at the start of its training
+    rank = method.hparams.rank
+    orth_hand = l2_hand = 0.0
+    with torch.no_grad():
+        for layer in method.lora_layers:
+            old, new = layer.branches[0], layer.branches[-1]
+            for slot in range(len(new.targets)):
+                for task in range(2):
+                    a_s = old.down[slot, task * rank:(task + 1) * rank]
+                    orth_hand += float((a_s @ new.down[slot].T).abs().sum())
+                l2_hand += float(torch.linalg.matrix_norm(new.down[slot]) + torch.linalg.matrix_norm(new.up[slot]))
+    orth, l2 = method.penalties()
+    assert float(orth.detach()) == pytest.approx(orth_hand, rel=1e-5)
+    assert float(l2.detach()) == pytest.approx(l2_hand, rel=1e-5)
+
+    (method.hparams.lambda_orth * orth + method.hparams.lambda_l2 * l2).backward()
+    for layer in method.lora_layers:
+        old, new = layer.branches[0], layer.branches[-1]
+        for slot in range(len(new.targets)):
+            a_t = new.down[slot].detach()
+            expected = method.hparams.lambda_l2 * a_t / torch.linalg.matrix_norm(a_t)
+            for task in range(2):
+                a_s = old.down[slot, task * rank:(task + 1) * rank]
+                expected += method.hparams.lambda_orth * (a_s @ a_t.T).sign().T @ a_s
+            assert torch.allclose(new.down.grad[slot], expected, atol=1e-6)
+        assert old.down.grad is None  # previous A are frozen
+
+
+def test_penalty_is_zero_on_the_first_task():
+    method = build()
+    method.restore_structure([2])
+    orth, _ = method.penalties()
+    assert float(orth) == 0.0
+
+
+def test_dropout_uses_one_mask_for_old_and_new_branches_in_training_only():
+    layer = attach_lora(make_tiny_vit(0), [0])[0]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        torch.nn.init.normal_(layer.add_branch(4, ("q", "v"), "kaiming_uniform", generator).up, generator=generator)
+    layer.dropout = 0.5
+    x = torch.randn(2, 5, 64)
+    torch.manual_seed(7)
+    out = layer(x)
+    torch.manual_seed(7)
+    dropped = torch.nn.functional.dropout(x, 0.5)
+    with torch.no_grad():
+        expected = layer.qkv(x) + sum(branch.delta(dropped) for branch in layer.branches)
+        assert torch.allclose(out, expected, atol=1e-6)
+        layer.eval()
+        assert torch.allclose(layer(x), layer.qkv(x) + sum(b.delta(x) for b in layer.branches), atol=1e-6)
+
+
+def test_current_a_and_b_train_with_a_fixed_scale_and_older_adapters_freeze():
+    method = build(num_tasks=2)
+    tasks, _ = make_tasks(2, 2, per_class=4, batch_size=8)
+    for task in tasks:
+        method.learn(task)
+        current = [layer.branches[-1] for layer in method.lora_layers]
+        expected = {id(t) for branch in current for t in (branch.down, branch.up)}
+        expected |= {id(p) for p in method.heads.heads[-1].parameters()}
+        assert {id(p) for p in method.trainable_parameters()} == expected
+        assert all(float(branch.scale) == method.hparams.alpha / method.hparams.rank for branch in current)
+
+
+def test_orthogonality_term_is_driven_down_and_logged():
+    method = build(num_tasks=2, epochs=4)
+    tasks, _ = make_tasks(2, 2, per_class=8, batch_size=8)
+    for task in tasks:
+        method.learn(task)
+    first, second = method.task_logs
+    assert first["orth"] == (0.0, 0.0) and first["max_overlap"] == []
+    assert second["orth"][1] < 0.75 * second["orth"][0]  # first epoch mean -> last epoch mean
+    assert len(second["max_overlap"]) == 1 and second["max_overlap"][0] > 0
+
+
+def test_placement_switch_to_key_and_value():
+    method = build(overrides={"targets": "k;v"})
+    method.restore_structure([2])
+    assert method.hparams.targets == ("k", "v")
+    assert all(layer.branches[-1].targets == ("k", "v") for layer in method.lora_layers)
+
+
+@pytest.mark.parametrize("rank, per_task", [(8, 294_912), (10, 368_640)])
+def test_vit_b16_counts_after_ten_tasks(rank, per_task):
+    backbone = build_backbone("vit_base_patch16_224.augreg_in21k", pretrained=False)
+    hparams = resolve_hparams(OLoRAConfig, OLoRA.family_defaults("cifar100"), {"rank": str(rank)})
+    method = OLoRA(backbone, hparams, num_classes=100, num_tasks=10, device="cpu", seed=1993)
+    method.restore_structure([10] * 10)
+    report = method.parameter_report()
+    assert (report.backbone, report.trainable_task, report.head) == (85_798_656, per_task, 7_690)
+    assert report.stored == 10 * per_task  # 2,949,120 at r = 8
+    assert f"{5 * per_task:,} A only" in report.notes  # 1,474,560 at r = 8 if B were folded into W
