@@ -28,7 +28,7 @@ from benchmark.errors import ClbenchError
 from benchmark.method import ParameterReport, Task, count_parameters
 from benchmark.peft.prefix import attach_prefix, official_prefix_order, prefixes_set
 from benchmark.peft.prompts import PromptPool, Selection, frozen_query
-from benchmark.prompt_learner import PromptLearner, PromptLearnerConfig
+from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
 from benchmark.registry import register_method
 
 logger = logging.getLogger(__name__)

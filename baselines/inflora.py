@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.errors import ClbenchError
-from benchmark.lora_learner import TaskLoRAConfig, TaskLoRALearner
+from benchmark.learners.task_lora import TaskLoRAConfig, TaskLoRALearner
 from benchmark.method import ParameterReport, Task
 from benchmark.peft.gpm import DualGPM, gpm_threshold, input_moments, single_threaded
 from benchmark.peft.lora import LoRABranch, LoRAQKV

@@ -18,7 +18,7 @@ import torch
 from benchmark.backbones import run_blocks
 from benchmark.method import ParameterReport, count_parameters
 from benchmark.peft.prompts import PromptPool, Selection, embed_with_prompts, frozen_query
-from benchmark.prompt_learner import PromptLearner, PromptLearnerConfig
+from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
 from benchmark.registry import register_method
 
 PILOT_BACKBONE = "vit_base_patch16_224.augreg_in21k_ft_in1k"

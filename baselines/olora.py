@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ClbenchError
-from benchmark.lora_learner import TaskLoRAConfig, TaskLoRALearner
+from benchmark.learners.task_lora import TaskLoRAConfig, TaskLoRALearner
 from benchmark.method import ParameterReport, Task
 from benchmark.peft.lora import SLOTS, LoRABranch, LoRAQKV
 from benchmark.registry import register_method
