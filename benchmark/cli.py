@@ -16,13 +16,6 @@ def _split(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(seed) for seed in _split(text)]
-    except ValueError:
-        raise ClbenchError(f"--seeds must be comma-separated integers, got '{text}'") from None
-
-
 def _default_results_dir() -> Path:
     return Path(os.environ.get("CLBENCH_RESULTS_DIR", "results"))
 
@@ -139,27 +132,52 @@ def _overrides_for(method: str, pairs: list[str] | None, methods: list[str]) -> 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Train and evaluate every (benchmark, method, seed); print a summary; non-zero if a run failed."""
+    """Plan the runs (methods x benchmarks x seeds x grid variants), then execute them with the chosen
+    launcher; print a summary; non-zero if a run failed. ``--dry-run`` only lists the plan."""
+    from benchmark.plan import describe_plan, merge_overrides, method_variants, parse_seeds
     from benchmark.progress import RunProgress
-    from benchmark.runner import RunRequest, check_resumable, execute, resolve_device, resolve_run
+    from benchmark.runner import RunRequest, check_resumable, resolve_device, resolve_run
 
+    if args.grid_preset and not args.methods:
+        from benchmark.plan import PRESETS
+
+        args.methods = ",".join(dict.fromkeys(PRESETS[name][0] for name in args.grid_preset if name in PRESETS))
     methods = _methods(args.methods)
     benches = _split(args.bench) or [DEFAULT_BENCH]
-    seeds = _seeds(args.seeds)
-    resolve_device(args.device)
+    seeds = parse_seeds(args.seeds)
+    variants = method_variants(methods, args.grid, args.grid_preset)
+    if args.launcher == "ray":
+        from benchmark.launchers import RayOptions, check_ray_options, import_ray
+
+        ray_options = RayOptions(address=args.address, cpus_per_run=args.cpus_per_run,
+                                 gpus_per_run=args.gpus_per_run, max_retries=args.max_retries)
+        check_ray_options(ray_options, args.device)
+        if not args.dry_run:
+            import_ray()
+    elif args.address or args.gpus_per_run or args.cpus_per_run != 1.0:
+        raise ClbenchError("--address, --gpus-per-run and --cpus-per-run need --launcher ray")
+    else:
+        resolve_device(args.device)
     runs = [resolve_run(RunRequest(
         bench=bench, method=method, seed=seed, backbone=args.backbone, weights=args.weights,
-        device=args.device, data_root=Path(args.data_root), overrides=_overrides_for(method, args.set, methods),
-        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks))
-        for bench in benches for method in methods for seed in seeds]
+        device=args.device, data_root=Path(args.data_root),
+        overrides=merge_overrides(method, _overrides_for(method, args.set, methods), variant),
+        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks,
+        variant=variant.name if variant else None))
+        for bench in benches for method in methods for variant in variants[method] for seed in seeds]
     for run in runs:
         check_resumable(run)
-    outcomes = []
-    with RunProgress(quiet=args.quiet, total_runs=len(runs)) as progress:
-        for run in runs:
-            outcome = execute(run, monitor_factory=progress.monitor_factory(run), echo=progress.echo)
-            progress.run_done(outcome)
-            outcomes.append(outcome)
+    if args.dry_run:
+        print("\n".join(describe_plan(runs, Path(args.results_dir))))
+        return 0
+    if args.launcher == "ray":
+        from benchmark.launchers import launch_ray
+
+        outcomes = launch_ray(runs, ray_options, quiet=args.quiet)
+    else:
+        from benchmark.launchers import launch_local
+
+        outcomes = launch_local(runs, quiet=args.quiet)
     RunProgress.print_summary(outcomes)
     return 1 if any(outcome.state == "failed" for outcome in outcomes) else 0
 
@@ -246,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train and evaluate methods on benchmarks")
     run.add_argument("--methods", help="comma-separated method names (default: every registered method)")
     run.add_argument("--bench", help=f"comma-separated benchmarks (default: {DEFAULT_BENCH})")
-    run.add_argument("--seeds", default="1993", help="comma-separated seeds (default: 1993)")
+    run.add_argument("--seeds", default="1993", help="comma-separated seeds or ranges, e.g. 1993..2002 (default: 1993)")
     run.add_argument("--backbone", help="timm name.tag or registered backbone (default: per method/benchmark)")
     run.add_argument("--weights", help="local .pth/.safetensors weights for the backbone")
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -259,6 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="discard stored results/checkpoints of these runs")
     run.add_argument("--max-tasks", type=int, help="stop after this many tasks (resumable later)")
     run.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    run.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                     help="sweep a hyper-parameter (repeatable, cross product; METHOD.KEY for one method; "
+                          "+ joins list items, e.g. targets=q+v): each variant is its own run folder")
+    run.add_argument("--grid-preset", action="append", metavar="NAME",
+                     help="a paper's ablation rows: cl_lora.table2 (KD/GR/BW), cl_lora.table3 (targets x ranks)")
+    run.add_argument("--dry-run", action="store_true", help="list the planned runs and their state; write nothing")
+    run.add_argument("--launcher", choices=("local", "ray"), default="local",
+                     help="local: in this process, one run after another (default); ray: one Ray task per run")
+    run.add_argument("--address", help="Ray: address of a running cluster (e.g. auto); default: start one here")
+    run.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs reserved per run (default 1)")
+    run.add_argument("--gpus-per-run", type=float, default=0.0,
+                     help="Ray: GPUs per run, fractions below 1 pack runs on a GPU (default 0)")
+    run.add_argument("--max-retries", type=int, default=3,
+                     help="Ray: restarts of a run whose worker died; it resumes from its checkpoint (default 3)")
     run.set_defaults(handler=cmd_run)
 
     table = commands.add_parser("table", help="summary table of stored results")

@@ -20,7 +20,10 @@ def load_results(root: Path, bench: str | None = None) -> pd.DataFrame:
         if bench and config["bench"] != bench:
             continue
         status = read_json(path / "status.json") if (path / "status.json").exists() else {"state": "unknown"}
-        row = {"bench": config["bench"], "method": config["method"], "seed": config["seed"],
+        # A grid variant is its own row and plot line: ``method`` is ``cl_lora[kd+gr]`` (the paper CSV's ids).
+        variant = config.get("variant")
+        row = {"bench": config["bench"], "method": config["method"] + (f"[{variant}]" if variant else ""),
+               "base_method": config["method"], "variant": variant, "seed": config["seed"],
                "backbone": config["backbone"], "state": status["state"], "reason": status.get("reason"),
                "path": str(path)}
         if status["state"] == "finished" and (path / "metrics.json").exists():

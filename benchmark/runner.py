@@ -67,6 +67,7 @@ class RunRequest:
     workers: int | None = None
     fresh: bool = False
     max_tasks: int | None = None
+    variant: str | None = None  # a grid variant's name: the run folder is ``<method>[<variant>]``
 
 
 @dataclass
@@ -82,8 +83,14 @@ class ResolvedRun:
     backbone: str
 
     @property
+    def name(self) -> str:
+        """The method, with its grid variant: ``cl_lora`` or ``cl_lora[rank=5,targets=q+v]``."""
+        variant = self.request.variant
+        return f"{self.request.method}[{variant}]" if variant else self.request.method
+
+    @property
     def store(self) -> RunStore:
-        return RunStore(self.request.results_dir, self.request.bench, self.request.method, self.request.seed)
+        return RunStore(self.request.results_dir, self.request.bench, self.name, self.request.seed)
 
 
 def resolve_run(request: RunRequest) -> ResolvedRun:
@@ -112,6 +119,7 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
     return {
         "bench": request.bench,
         "method": request.method,
+        "variant": request.variant,
         "seed": request.seed,
         "backbone": run.backbone,
         "weights": str(request.weights) if request.weights else None,
