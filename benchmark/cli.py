@@ -140,20 +140,22 @@ def _overrides_for(method: str, pairs: list[str] | None, methods: list[str]) -> 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train and evaluate every (benchmark, method, seed); print a summary; non-zero if a run failed."""
+    from benchmark.preflight import preflight, resolve_requests
     from benchmark.progress import RunProgress
-    from benchmark.runner import RunRequest, check_resumable, execute, resolve_device, resolve_run
+    from benchmark.runner import RunRequest, execute
 
     methods = _methods(args.methods)
     benches = _split(args.bench) or [DEFAULT_BENCH]
     seeds = _seeds(args.seeds)
-    resolve_device(args.device)
-    runs = [resolve_run(RunRequest(
+    runs = resolve_requests(RunRequest(
         bench=bench, method=method, seed=seed, backbone=args.backbone, weights=args.weights,
         device=args.device, data_root=Path(args.data_root), overrides=_overrides_for(method, args.set, methods),
-        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks))
-        for bench in benches for method in methods for seed in seeds]
-    for run in runs:
-        check_resumable(run)
+        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks)
+        for bench in benches for method in methods for seed in seeds)
+
+    # Preflight: every run is checked before any trains; any problem exits 2 with nothing written.
+    preflight(runs)
+
     outcomes = []
     with RunProgress(quiet=args.quiet, total_runs=len(runs)) as progress:
         for run in runs:
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="hyper-parameter override, repeatable; METHOD.KEY=VALUE for one method")
     run.add_argument("--results-dir", default=str(_default_results_dir()))
-    run.add_argument("--workers", type=int, help="data-loader workers (default: 0 on digits, else 8)")
+    run.add_argument("--workers", type=int, help="data-loader workers (default: 0 on digits, else min(8, CPUs))")
     run.add_argument("--fresh", action="store_true", help="discard stored results/checkpoints of these runs")
     run.add_argument("--max-tasks", type=int, help="stop after this many tasks (resumable later)")
     run.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
