@@ -168,35 +168,53 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- bench table / plot ----------------------------------------------------------------------------------
 def cmd_table(args: argparse.Namespace) -> int:
-    """Summary table of every stored result (methods x benchmarks, mean ± std over seeds)."""
-    from benchmark.report import failed_runs, load_results, render, summary_table, write_tables
+    """Summary table of every stored result (methods x benchmarks, mean ± std over seeds), then the runs that
+    did not finish with their reasons (also when none finished; the exit status is then 2)."""
+    from benchmark.report import failed_runs, render, summary_table, write_tables
 
-    results = load_results(Path(args.results_dir), args.bench)
     metrics = _split(args.metric) or ["avg", "last"]
     for metric in metrics:
         if metric not in ("avg", "last", "forgetting"):
             raise ClbenchError(f"--metric {metric}: valid metrics are avg, last, forgetting")
+    results = _load_reported(args)
     table = summary_table(results, metrics, with_paper=args.paper)
+    paths = []
+    if not table.empty:
+        print(render(table, args.format), end="")
+        paths = write_tables(table, Path(args.results_dir) / "tables")
+    problems = failed_runs(results)
+    if len(problems):
+        print(("\n" if paths else "") + "unfinished runs:")
+        for _, row in problems.iterrows():
+            print(f"  {row['bench']}/{row['method']}/seed{row['seed']}: {row['state']}")
+            if row["reason"]:
+                print(f"    {row['reason']}")
     if table.empty:
         raise ClbenchError(f"no finished results under {args.results_dir}" + (f" for {args.bench}" if args.bench
                                                                                else "") + "; run `bench run` first")
-    print(render(table, args.format), end="")
-    paths = write_tables(table, Path(args.results_dir) / "tables")
-    problems = failed_runs(results)
-    if len(problems):
-        print("\nunfinished runs:")
-        for _, row in problems.iterrows():
-            print(f"  {row['bench']}/{row['method']}/seed{row['seed']}: {row['state']}"
-                  + (f" ({row['reason']})" if row["reason"] else ""))
     print(f"\nwritten: {', '.join(str(path) for path in paths)}", file=sys.stderr)
     return 0
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
-    """PNG plots per benchmark under ``<results>/plots``."""
-    from benchmark.report import load_results, plot_results
+def _load_reported(args: argparse.Namespace):
+    """The stored results for ``bench table``/``plot``; a missing dir is an error, an unreadable run a warning."""
+    from benchmark.report import load_results
 
-    results = load_results(Path(args.results_dir), args.bench)
+    if not Path(args.results_dir).is_dir():
+        raise ClbenchError(f"results dir {args.results_dir} does not exist; run `bench run` first "
+                           "or pass --results-dir")
+    skipped: list[str] = []
+    results = load_results(Path(args.results_dir), args.bench, skipped=skipped)
+    for line in skipped:
+        print(f"warning: {line}", file=sys.stderr)
+    return results
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """PNG plots per benchmark under ``<results>/plots`` (nothing is created when nothing finished)."""
+    from benchmark.report import plot_results
+
+    results = _load_reported(args)
     paths = plot_results(results, Path(args.results_dir) / "plots")
     if not paths:
         raise ClbenchError(f"no finished results under {args.results_dir} to plot; run `bench run` first")

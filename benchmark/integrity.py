@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -86,6 +87,8 @@ def read_timing(path: Path) -> list[dict]:
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, top5)`` of a stored predictions file, checked for shape and dtype."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise IntegrityError(path, "is not a predictions file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             labels, top5 = np.asarray(data["labels"]), np.asarray(data["top5"])

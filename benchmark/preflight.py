@@ -45,9 +45,11 @@ class PreflightError(ClbenchError):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(dict.fromkeys(problems))  # unique, in order found
-        count = len(self.problems)
-        super().__init__(f"{count} problem{'s' if count > 1 else ''} found before training (nothing was run "
-                         "or written):\n" + "\n".join(f"  {problem}" for problem in self.problems))
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{len(self.problems)} problems found before training (nothing was run or written):"
+                             "\n" + "\n".join(f"  {problem}" for problem in self.problems))
 
 
 # -- resolution ------------------------------------------------------------------------------------------
@@ -62,9 +64,6 @@ def resolve_requests(requests: Iterable["RunRequest"]) -> list["ResolvedRun"]:
             runs.append(resolve_run(request))
         except ClbenchError as error:
             problems.append(str(error))
-    problems = list(dict.fromkeys(problems))
-    if len(problems) == 1:
-        raise ClbenchError(problems[0])
     if problems:
         raise PreflightError(problems)
     return runs
@@ -82,7 +81,7 @@ def preflight(runs: Sequence["ResolvedRun"]) -> None:
         found, size = check_backbone(backbone, weights)
         problems += found
         checkpoint_bytes[(backbone, weights)] = size
-    datasets = dict.fromkeys((run.request.bench.rsplit("_t", 1)[0], Path(run.request.data_root)) for run in runs)
+    datasets = dict.fromkeys((run.family, Path(run.request.data_root)) for run in runs)
     for dataset, root in datasets:
         problems += check_dataset(dataset, root)
     for results_dir in dict.fromkeys(Path(run.request.results_dir) for run in runs):

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,8 @@ class RunStore:
         """The resume state, or None."""
         if not self.checkpoint_path.exists():
             return None
+        if not zipfile.is_zipfile(self.checkpoint_path):
+            raise IntegrityError(self.checkpoint_path, "is not a checkpoint (not a torch zip archive)")
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         except Exception as error:  # truncated zip, foreign pickle, unreadable file, ...

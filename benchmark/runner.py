@@ -435,6 +435,7 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
             f"{partial['accuracy_curve_rounded'][-1]:.2f}  avg = {partial['avg_acc']:.2f}  "
             f"(train {train_seconds:.1f}s, eval {eval_seconds:.1f}s)")
     if stop < run.num_tasks:
+        store.write_status("partial", stop)
         log(f"stopped after task {stop} of {run.num_tasks} (--max-tasks); run again to continue")
         return RunOutcome(run, "partial")
     verify_predictions(run, store, stream, run.num_tasks)
