@@ -12,14 +12,11 @@ results dir never train the same run twice. A launcher does not know what a meth
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
 from benchmark.errors import ClbenchError
-from benchmark.results import atomic_write_json
 from benchmark.runner import ResolvedRun, RunOutcome, execute
 
 RAY_EXTRA = "Ray is not installed: pip install 'clbench[ray]'"
@@ -78,12 +75,8 @@ def _portable(run: ResolvedRun) -> ResolvedRun:
 
 
 def execute_on_worker(run: ResolvedRun) -> RunOutcome:
-    """The body of a Ray task: note where the run executes (``worker.json``), then run it as the local
-    launcher would, without console output (the driver's live table reads the run folder)."""
-    store = run.store
-    if store.status().get("state") != "finished":
-        atomic_write_json(store.path / "worker.json", {"host": socket.gethostname(), "pid": os.getpid(),
-                                                        "started": time.time()})
+    """The body of a Ray task: the run as the local launcher executes it (under its folder's lock, which
+    records this worker's pid and host), without console output: the driver's live table reads the folder."""
     return execute(run, echo=None)
 
 

@@ -16,11 +16,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from benchmark.locking import read_holder
 from benchmark.plan import format_seconds
 from benchmark.results import read_json
 
 MAX_ROWS = 30
-ORDER = {"running": 0, "failed": 1, "queued": 2, "finished": 3, "partial": 3, "skipped": 4}
+ORDER = {"running": 0, "failed": 1, "interrupted": 1, "queued": 2, "finished": 3, "partial": 3, "skipped": 4,
+         "locked": 4}
 
 
 @dataclass
@@ -34,6 +36,7 @@ class RowState:
     ended: float | None = None
     task_seconds: float | None = None  # mean train+eval seconds of its finished tasks
     reason: str | None = None
+    host: str = ""  # where it runs (the lock holder's host)
 
 
 class LiveTable:
@@ -92,6 +95,8 @@ class LiveTable:
             return  # a status left by an earlier command: the run has not started in this one
         row.state = "running"
         row.started = row.started or time.time()
+        holder = read_holder(store.path)
+        row.host = holder.get("host", "") if holder else row.host
         row.tasks_done = int(status.get("tasks_done", 0))
         if row.tasks_done:
             row.accuracy = self._accuracy(index, row.tasks_done)
@@ -138,7 +143,7 @@ class LiveTable:
             eta = "–"
         state = row.state if row.state != "failed" else f"failed: {row.reason}"
         accuracy = f"{row.accuracy:.2f}" if row.accuracy is not None else "–"
-        return self._label(index), state, f"{row.tasks_done}/{run.num_tasks}", accuracy, elapsed, eta
+        return self._label(index), state, row.host, f"{row.tasks_done}/{run.num_tasks}", accuracy, elapsed, eta
 
     def _render(self) -> Table:
         counts: dict[str, int] = {}
@@ -147,13 +152,13 @@ class LiveTable:
         eta = self.eta()
         caption = ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: ORDER.get(kv[0], 5)))
         table = Table(title="clbench runs (ray)", caption=caption + (f"; ETA {format_seconds(eta)}" if eta else ""))
-        for column in ("run", "state", "tasks", "latest A_i", "elapsed", "ETA"):
+        for column in ("run", "state", "host", "tasks", "latest A_i", "elapsed", "ETA"):
             table.add_column(column)
         order = sorted(range(len(self.runs)), key=lambda i: (ORDER.get(self.rows[i].state, 5), i))
         for index in order[:MAX_ROWS]:
             table.add_row(*self._cells(index))
         if len(order) > MAX_ROWS:
-            table.add_row(f"… {len(order) - MAX_ROWS} more", "", "", "", "", "")
+            table.add_row(f"… {len(order) - MAX_ROWS} more", *[""] * 6)
         return table
 
     def _log_changes(self) -> None:
@@ -161,5 +166,5 @@ class LiveTable:
             key = (row.state, row.tasks_done)
             if key != self._announced[index] and not (row.state == "queued" and not self._announced[index]):
                 self._announced[index] = key
-                label, state, tasks, accuracy, elapsed, _ = self._cells(index)
+                label, state, _, tasks, accuracy, elapsed, _ = self._cells(index)
                 print(f"{label}: {state}, tasks {tasks}, latest A_i {accuracy}, elapsed {elapsed}", flush=True)
