@@ -69,7 +69,7 @@ class RunProgress:
 
     def monitor_factory(self, run) -> Callable[[str, int], TrainingMonitor]:
         """Monitors for the tasks of ``run`` (silent when quiet)."""
-        label_prefix = f"{run.request.method} {run.request.bench} seed{run.request.seed}"
+        label_prefix = f"{run.name} {run.request.bench} seed{run.request.seed}"
 
         def make(label: str, task_index: int) -> TrainingMonitor:
             if self.progress is None:
@@ -89,10 +89,10 @@ class RunProgress:
         """Advance the runs bar; report skipped and locked runs."""
         request = outcome.run.request
         if outcome.state == "skipped":
-            self.echo(f"skipped {request.bench}/{request.method}/seed{request.seed}: already finished "
+            self.echo(f"skipped {request.bench}/{outcome.run.name}/seed{request.seed}: already finished "
                       "(--fresh to rerun)")
         elif outcome.state == "locked":
-            self.echo(f"skipped {request.bench}/{request.method}/seed{request.seed}: {outcome.reason}")
+            self.echo(f"skipped {request.bench}/{outcome.run.name}/seed{request.seed}: {outcome.reason}")
         if self.progress is not None:
             self._close_monitor()
             self.progress.advance(self.runs_bar)
@@ -111,12 +111,12 @@ class RunProgress:
             def fmt(key: str) -> str:
                 return f"{metrics[key]:.2f}" if key in metrics else "–"
 
-            table.add_row(request.bench, request.method, str(request.seed), outcome.state, fmt("avg_acc"),
+            table.add_row(request.bench, outcome.run.name, str(request.seed), outcome.state, fmt("avg_acc"),
                           fmt("last_acc"), fmt("forgetting_pilot"),
                           f"{parameters['trainable_task_pct']:.3f}" if parameters else "–")
         Console(width=None if sys.stdout.isatty() else 120).print(table)
         for outcome in outcomes:
             if outcome.reason:
                 request = outcome.run.request
-                print(f"{outcome.state} {request.bench}/{request.method}/seed{request.seed}:\n  {outcome.reason}",
+                print(f"{outcome.state} {request.bench}/{outcome.run.name}/seed{request.seed}:\n  {outcome.reason}",
                       flush=True)

@@ -72,18 +72,27 @@ def _snapshot(root: Path) -> dict:
 def test_dry_run_lists_the_table2_variants_and_writes_nothing(tmp_path, capsys):
     assert main(["run", "--methods", "simplecil", "--results-dir", str(tmp_path), "--max-tasks", "2",
                  "--quiet"]) == 0
+    # a finished run of the same benchmark and method (not planned) that took 30 s + 10 s
+    from benchmark.results import atomic_write_json
+    done = tmp_path / "digits_t5" / "simplecil" / "seed7"
+    atomic_write_json(done / "config.json", {"bench": "digits_t5", "method": "simplecil", "seed": 7})
+    atomic_write_json(done / "metrics.json", {"train_seconds": 30.0, "eval_seconds": 10.0})
     before = _snapshot(tmp_path)
     capsys.readouterr()
     assert main(["run", "--grid-preset", "cl_lora.table2", "--methods", "cl_lora,simplecil", "--bench", "digits_t5",
                  "--seeds", "1993..1994", "--results-dir", str(tmp_path), "--launcher", "ray", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    planned = [line.split() for line in lines[1:-2]]
+    planned = [line.split() for line in lines[1:13]]
     assert [(row[1], row[2], row[3]) for row in planned if row[1] == "cl_lora"] == [
         ("cl_lora", variant, seed) for variant in ("none", "kd", "kd+gr", "bw", "kd+gr+bw")
         for seed in ("1993", "1994")]
     simplecil = [" ".join(row[5:]) for row in planned if row[1] == "simplecil"]
-    assert simplecil == ["resumes after task 2 –", "new –"]
-    assert lines[-2] == "12 planned runs, 0 finished, 12 to run"
+    assert simplecil == ["resumes after task 2 24s", "new 40s"]  # 40 s x 3/5 tasks left, 40 s
+    assert lines[13:] == ["12 planned runs, 0 finished, 12 to run",
+                          "estimated compute left: 1m04s for 2 runs (mean train+eval time of finished runs of the "
+                          "same benchmark and method, one run at a time)",
+                          "no estimate for 10 runs (no finished run of the same benchmark and method)",
+                          "preflight: ok"]
     assert _snapshot(tmp_path) == before
 
 
