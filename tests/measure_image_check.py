@@ -2,6 +2,7 @@
 
     python tests/measure_image_check.py [--count 10000] [--dir DIR]
 
+Times are scaled to 10,000 images when ``--count`` differs.
 Writes ``count`` JPEGs of 500 x 375 px (ImageNet-R's most common size) with smooth content and noise, then
 times, per 10,000 images: a header check (``Image.open`` + ``verify``), the chosen check (1/8-scale JPEG decode,
 :func:`benchmark.preflight.decode_image`), a full decode, and :func:`benchmark.preflight.check_images` on the
@@ -20,7 +21,7 @@ from PIL import Image
 
 
 def fabricate(directory: Path, count: int) -> list[str]:
-    """``count`` JPEGs in 100 class folders; returns their paths."""
+    """``count`` JPEGs in 100 class folders (kept from an earlier call where present); returns their paths."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:375, 0:500].astype(np.float32)
     paths = []
@@ -31,6 +32,9 @@ def fabricate(directory: Path, count: int) -> list[str]:
         image = 127 + 80 * np.sin(x[..., None] / (20 + index % 30) + y[..., None] / 37 + phase)
         image += rng.normal(0, 12, size=image.shape)
         path = folder / f"img_{index:05d}.jpg"
+        if path.exists():  # a tree fabricated by an earlier call is reused
+            paths.append(str(path))
+            continue
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(str(path))
     return paths
