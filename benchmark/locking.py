@@ -59,6 +59,23 @@ def read_holder(run_dir: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def live_holder(run_dir: Path) -> dict | None:
+    """The recorded holder when it is probably still holding the lock, without touching the lock (so a
+    starting run is never refused because of the probe): a record of a process on this host that no longer
+    exists is stale; a process on another host cannot be probed and counts as alive."""
+    holder = read_holder(run_dir)
+    if holder is None:
+        return None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # exists, owned by another user
+    return holder
+
+
 def _record_holder(fd: int) -> None:
     # Runs with the OS lock held (filelock's ``on_acquired``); the descriptor is borrowed, never closed here.
     record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),

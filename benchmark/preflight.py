@@ -10,7 +10,8 @@ Checked for every run the command will execute:
   (:func:`check_images`, verdicts cached, see below);
 - each results dir: writable, and room for the runs' checkpoints;
 - the stored state of each run that will resume (status, config and its fingerprint, timing, predictions
-  against the stored fingerprint, checkpoint against the task count).
+  against the stored fingerprint, checkpoint against the task count), unless another live process holds the
+  run (it will be skipped as ``locked``).
 
 The only thing written is the image-verdict cache: one JSON file per image tree under
 ``$CLBENCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/clbench``, else ``~/.cache/clbench``), keyed by each file's
@@ -323,10 +324,12 @@ def check_results_dir(results_dir: Path, needed_bytes: int) -> list[str]:
 
 
 def check_stored_state(run: "ResolvedRun") -> list[str]:
-    """Problems with what a run has stored (nothing to check for a new run or with ``--fresh``)."""
+    """Problems with what a run has stored (nothing to check for a new run or with ``--fresh``, nor for a run
+    another live process holds: it is being written, and this command will skip it)."""
+    from benchmark.locking import live_holder
     from benchmark.runner import check_stored_run
 
-    if run.request.fresh:
+    if run.request.fresh or live_holder(run.store.path) is not None:
         return []
     try:
         check_stored_run(run)
