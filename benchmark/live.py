@@ -91,12 +91,13 @@ class LiveTable:
             written = store.status_path.stat().st_mtime
         except (FileNotFoundError, ValueError):
             return
-        if status.get("state") != "running" or written < self.since:
+        if written < self.since:
             return  # a status left by an earlier command: the run has not started in this one
-        row.state = "running"
-        row.started = row.started or time.time()
-        holder = read_holder(store.path)
-        row.host = holder.get("host", "") if holder else row.host
+        if status.get("state") == "running":
+            row.state = "running"
+            row.started = row.started or time.time()
+            holder = read_holder(store.path)
+            row.host = holder.get("host", "") if holder else row.host
         row.tasks_done = int(status.get("tasks_done", 0))
         if row.tasks_done:
             row.accuracy = self._accuracy(index, row.tasks_done)
