@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from benchmark.errors import ClbenchError
+from benchmark.locking import RunLocked, run_lock
 from benchmark.runner import ResolvedRun, RunOutcome, execute
 
 RAY_EXTRA = "Ray is not installed: pip install 'clbench[ray]'"
@@ -68,9 +69,10 @@ def check_ray_options(options: RayOptions, device: str | None) -> None:
 
 
 def _portable(run: ResolvedRun) -> ResolvedRun:
-    """The run with absolute results and data paths, so that a worker's working directory does not matter."""
+    """The run as a task gets it: absolute results and data paths, so that a worker's working directory does
+    not matter, and never ``fresh`` (the driver has cleared those folders)."""
     request = dataclasses.replace(run.request, results_dir=run.request.results_dir.resolve(),
-                                  data_root=run.request.data_root.resolve())
+                                  data_root=run.request.data_root.resolve(), fresh=False)
     return dataclasses.replace(run, request=request)
 
 
@@ -94,9 +96,12 @@ def launch_ray(runs: Sequence[ResolvedRun], options: RayOptions, quiet: bool) ->
             num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run, max_retries=options.max_retries,
             retry_exceptions=False)
         began = time.time()
-        pending = {task.remote(_portable(run)): index for index, run in enumerate(runs)}
-        outcomes: list[RunOutcome | None] = [None] * len(runs)
+        outcomes: list[RunOutcome | None] = [_clear_if_fresh(run) for run in runs]
+        pending = {task.remote(_portable(run)): index for index, run in enumerate(runs) if outcomes[index] is None}
         with LiveTable(runs, quiet=quiet, since=began) as live:
+            for index, outcome in enumerate(outcomes):
+                if outcome is not None:
+                    live.run_done(index, outcome)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=1.0)
                 for ref in done:
@@ -108,6 +113,20 @@ def launch_ray(runs: Sequence[ResolvedRun], options: RayOptions, quiet: bool) ->
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _clear_if_fresh(run: ResolvedRun) -> RunOutcome | None:
+    """``--fresh``: empty the run folder now, under its lock, so that the task itself never clears it (a task
+    that Ray retries after its worker died must resume, not start over). A run another process holds is
+    ``locked`` and not submitted."""
+    if not run.request.fresh:
+        return None
+    try:
+        with run_lock(run.store.path):
+            run.store.clear()
+    except RunLocked as error:
+        return RunOutcome(run, "locked", reason=str(error))
+    return None
 
 
 def _collect(ray, ref, run: ResolvedRun) -> RunOutcome:

@@ -86,7 +86,7 @@ def test_killed_worker_is_retried_and_resumes_to_the_same_metrics(local_results,
     codes = []
     driver = threading.Thread(target=lambda: codes.append(main(
         ["run", "--methods", "finetune", "--results-dir", str(tmp_path), "--launcher", "ray", "--max-retries", "2",
-         *FAST])))
+         "--fresh", *FAST])))  # --fresh: the retried task must resume all the same
     driver.start()
     deadline = time.time() + 300
     holder = None
