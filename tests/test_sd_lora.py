@@ -392,3 +392,30 @@ def test_bad_config_is_a_clear_error():
         resolve_hparams(SDLoRAConfig, {}, {"rr_ranks": "8", "rr_milestones": "4,8"})
     with pytest.raises(ClbenchError):
         resolve_hparams(SDLoRAConfig, {}, {"sd_lora_variant": "xx"})
+
+
+# -- the command line and the published numbers -----------------------------------------------------------
+def test_cli_describe_and_params(capsys):
+    from benchmark.cli import main
+
+    assert main(["describe", "--method", "sd_lora", "--bench", "imr_t40"]) == 0
+    text = capsys.readouterr().out
+    for switch in ("optimizer = 'sgd'", "sd_lora_variant = 'plain'", "kd_threshold = 0.0009", "rr_ranks = (8, 6)",
+                   "magnitude_init = 'reset'", "direction_norm = 'factors'", "UNCONFIRMED",
+                   "backbone (imr): vit_base_patch16_224.augreg2_in21k_ft_in1k"):
+        assert switch in text
+    assert main(["params", "--methods", "sd_lora", "--bench", "imr_t40"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sd_lora"))
+    assert "368,680" in line and " 0.430 " in line
+
+
+def test_paper_numbers_show_beside_matching_runs():
+    import pandas as pd
+
+    from benchmark.report import summary_table
+
+    runs = pd.DataFrame([{"bench": "imr_t10", "method": "sd_lora", "seed": 1993, "state": "finished",
+                          "avg_acc": 80.0, "last_acc": 75.0, "trainable_task_pct": 0.43}])
+    table = summary_table(runs, ["last", "avg"], with_paper=True)
+    assert table.loc["sd_lora", ("imr_t10", "A_T paper")] == "77.34 ± 0.35"
+    assert table.loc["sd_lora", ("imr_t10", "Ā paper")] == "82.04 ± 0.24"
