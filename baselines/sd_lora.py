@@ -129,7 +129,7 @@ class SDLoRA(Method):
         # official exps/sdlora_ina.json (ima_t10)
         "ima": {"epochs": 20, "init_lr": 0.01, "lr": 0.005, "batch_size": 128, "milestones": (10, 15),
                 "lr_decay": 0.05, "defaults_source": "official exps/sdlora_ina.json (ima_t10; its log ran lr 0.01 "
-                                                     "constant: --set lr=0.01,lr_decay=0 for that recipe)"},
+                                                     "constant: --set lr=0.01 --set milestones=10000)"},
         "vtab": {**_INR, "defaults_source": "harness choice: the ImageNet-R recipe (no official VTAB config; "
                                             "UNCONFIRMED)"},
         "digits": {"epochs": 5, "lr": 0.01, "batch_size": 32, "rank": 4, "rr_ranks": (3, 2), **_CONSTANT,

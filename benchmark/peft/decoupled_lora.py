@@ -108,9 +108,10 @@ class DecoupledLoRAQKV(LoRAQKV):
         return downs, ups, self._segments[1]
 
     @torch.no_grad()
-    def direction_norms(self) -> torch.Tensor:
-        """n_i^m for every component, shape (K, M) (constants: no gradient flows through them)."""
-        downs, ups, segments = self._stacked()
+    def direction_norms(self, stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """n_i^m for every component, shape (K, M) (constants: no gradient flows through them); ``stacked`` is
+        :meth:`_stacked`'s result when the caller has it."""
+        downs, ups, segments = self._stacked() if stacked is None else stacked
         count = len(self.branches)
         if self.direction_norm == "factors":
             down_sq = _segment_sum(downs.pow(2).sum(-1), segments, count)        # (M, K)
@@ -126,14 +127,15 @@ class DecoupledLoRAQKV(LoRAQKV):
         rows = _segment_sum(products.transpose(-1, -2), segments, count)         # (M, R, K): summed over s
         return _segment_sum(rows.transpose(-1, -2), segments, count)            # (M, K, K)
 
-    def component_factors(self) -> torch.Tensor:
+    def component_factors(self, stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                          ) -> torch.Tensor:
         """The factor of each component and slot, shape (K, M): (alpha_i + o_i) / n_i for older components
         (0 where n_i = 0), alpha + o for the newest one. Differentiable in the magnitudes."""
         count = len(self.branches)
         if len(self.magnitudes) < count:
             raise ValueError(f"{count} components but only {len(self.magnitudes)} magnitudes")
         scales = self.magnitudes.values[:count, None] + self.offsets                # (K, M)
-        norms = self.direction_norms()
+        norms = self.direction_norms(stacked)
         norms[-1] = 1.0                                                             # the newest: not normalised
         valid = norms > 0
         # where() on a safe denominator: no inf/NaN gradient from components whose norm is zero
@@ -148,8 +150,8 @@ class DecoupledLoRAQKV(LoRAQKV):
             raise ValueError("a decoupled LoRA wrapper always sums every component")
         if self.dropout and self.training:
             x = nn.functional.dropout(x, self.dropout, training=True)
-        downs, ups, segments = self._stacked()
-        columns = self.component_factors().T[:, segments]                           # (M, R)
+        downs, ups, segments = stacked = self._stacked()
+        columns = self.component_factors(stacked).T[:, segments]                           # (M, R)
         hidden = torch.einsum("...d,mrd->...mr", x, downs) * columns
         delta = torch.einsum("...mr,mdr->...md", hidden, ups)
         for m, slot in enumerate(self.targets):
