@@ -21,6 +21,12 @@ Parameters (ViT-B/16): 2·(5·768 + 768·5) + 2 = 15,362 per block, **76,810 (0.
 task's head (769·n_t). CL-LoRA's Table 1 lists LAE w/ LoRA at "0.8 %" (≈ 686 k): no configuration reproduces it —
 online + offline PET 153,620 (0.179 %); + a 200-class head 307,420 (0.358 %); the same PET on all 12 blocks, online
 + offline, 368,688 (0.430 %), + head 522,488 (0.609 %). The reported counts are the official configuration's.
+
+Switches (``--set key=value``): ``lae_ensemble=energy`` (the lower-energy expert instead of the max-softmax);
+``lae_impl=pilot`` (PILOT's port, spec §3.9); ``num_freeze_epochs``, ``ema_decay``, ``rank``, ``adapt_blocks``.
+Backbone: the official ``vit_base_patch16_224.orig_in21k`` on every real benchmark; ``--backbone`` selects the
+benchmark's protocol backbone instead. With decay 0.9999 the offline PET moves little on small benchmarks (≈ 7 % of
+the way per task on ``vtab_t5``, spec §3.5); that is the official behaviour, not retuned.
 """
 from __future__ import annotations
 
@@ -66,6 +72,10 @@ class LAEConfig(MethodConfig):
     lae_ensemble: Literal["max_prob", "energy"] = "max_prob"
     """``max_prob``: the code's element-wise max of the experts' softmaxes; ``energy``: per image, the expert with
     the lower free energy −logsumexp(z) (a reading of the paper's ensemble that the code does not implement)."""
+    lae_impl: Literal["official", "pilot"] = "official"
+    """``pilot``: PILOT's port (spec §3.9): offline PET from the start (a copy of the untrained PET, EMA from the
+    first step of task 0), ensemble and freeze phase from task 0, heads Kaiming-uniform (linear gain) with bias 0.
+    PILOT's configs also train with batch 128 at the same lr: add ``batch_size=128`` for its recipe."""
     defaults_source: str = "official config/base/imagenet-r_order1.yaml + config/vit_lora.yaml"
     """Where the family's defaults come from (saved with the config)."""
 
@@ -138,7 +148,9 @@ class LAELoRA(Method):
             layer.active = [ONLINE]  # outside prediction only the online PET acts
         self.heads = TaskLinearHeads(self.backbone.num_features)
         self.ema: BranchEMA | None = None
-        """The offline PET (from task 1 on)."""
+        """The offline PET (from task 1 on; from the start with ``lae_impl=pilot``)."""
+        if hparams.lae_impl == "pilot":
+            self.ema = BranchEMA(self.lora_layers, ONLINE, hparams.ema_decay)
         self.to(self.device)
 
     # -- structure ---------------------------------------------------------------------------------
@@ -148,8 +160,16 @@ class LAELoRA(Method):
 
     def _grow(self, index: int, num_classes: int) -> None:
         """Head of task ``index``; at task 1, the offline PET as an exact copy of the online one."""
-        self.heads.add_head(num_classes, self.make_generator(1 + index), weight_std=HEAD_STD).to(self.device)
-        if index == 1:
+        generator = self.make_generator(1 + index)
+        if self.hparams.lae_impl == "pilot":
+            head = self.heads.add_head(num_classes, generator)
+            with torch.no_grad():  # PILOT's SimpleLinear init
+                nn.init.kaiming_uniform_(head.weight, nonlinearity="linear", generator=generator)
+                head.bias.zero_()
+        else:
+            head = self.heads.add_head(num_classes, generator, weight_std=HEAD_STD)
+        head.to(self.device)
+        if index == 1 and self.ema is None:
             self.ema = BranchEMA(self.lora_layers, ONLINE, self.hparams.ema_decay)
 
     def restore_structure(self, task_sizes: list[int]) -> None:
@@ -167,12 +187,14 @@ class LAELoRA(Method):
         optimizer = build_optimizer([*self.heads.parameters(), *online.parameters()], "adam", hp.lr)
 
         def freeze_phase(epoch: int) -> None:
-            if task.index > 0 and epoch == 0 and hp.num_freeze_epochs > 0:
+            if (task.index > 0 or hp.lae_impl == "pilot") and epoch == 0 and hp.num_freeze_epochs > 0:
                 online.requires_grad_(False)
             if epoch == hp.num_freeze_epochs:
                 online.requires_grad_(True)
 
         def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            # The code slices logits[:, known:] of all heads: old heads get zero gradient and a zero Adam update;
+            # here they get none, which leaves them equally untouched.
             logits = self.heads.current(self.backbone(images))
             loss = optimizer_step(optimizer, F.cross_entropy(logits, labels - task.known_classes))
             if self.ema is not None:

@@ -176,6 +176,42 @@ def test_freeze_phase_changes_only_the_new_head(monkeypatch):
     assert all(p.requires_grad for b in method.online_pet() for p in b.parameters())
 
 
+def test_pilot_port_switch(monkeypatch):
+    method = build(lae_impl="pilot", epochs=3, num_freeze_epochs=2)
+    assert method.ema is not None and same(pet_state(method.online_pet()), pet_state(method.ema.offline))
+    tasks, _ = make_tasks(3, 2, per_class=8, batch_size=8)
+    starts: list[list[torch.Tensor]] = []
+    real_run_epochs = lae_module.run_epochs
+
+    def recording_run_epochs(*args, on_epoch_start, **kwargs):
+        def hook(epoch):
+            starts.append(pet_state(method.online_pet()))
+            on_epoch_start(epoch)
+        return real_run_epochs(*args, on_epoch_start=hook, **kwargs)
+
+    monkeypatch.setattr(lae_module, "run_epochs", recording_run_epochs)
+    updates = []
+    real_update = BranchEMA.update
+    monkeypatch.setattr(BranchEMA, "update", lambda self: (updates.append(1), real_update(self)))
+    method.learn(tasks[0])
+    assert same(starts[0], starts[1]) and same(starts[1], starts[2])  # frozen in task 0 too
+    assert len(updates) == 2 * 3  # EMA from the first step of task 0
+    fresh = build(lae_impl="pilot")
+    fresh.restore_structure([20])
+    head = fresh.heads.heads[0]  # as initialised
+    assert torch.equal(head.bias, torch.zeros(20)) and head.weight.abs().max() <= math.sqrt(3 / 64)
+    assert head.weight.abs().max() > 0.2  # Kaiming-uniform (bound 0.2165), not N(0, 0.001^2)
+    with torch.no_grad():
+        for branch in method.ema.offline:
+            branch.up.normal_(0, 0.2)
+    method.eval()
+    probe = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        online, offline = method.expert_logits(probe, batched=False)
+        assert offline is not None
+        assert torch.allclose(method.predict(probe), torch.maximum(online.softmax(1), offline.softmax(1)), atol=1e-5)
+
+
 # -- inference ---------------------------------------------------------------------------------------------
 def test_ensemble_by_hand():
     z_on, z_off = torch.tensor([[2.0, 0, 0]]), torch.tensor([[0.0, 3, 0]])
