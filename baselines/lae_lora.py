@@ -163,8 +163,10 @@ class LAELoRA(Method):
         generator = self.make_generator(1 + index)
         if self.hparams.lae_impl == "pilot":
             head = self.heads.add_head(num_classes, generator)
-            with torch.no_grad():  # PILOT's SimpleLinear init
-                nn.init.kaiming_uniform_(head.weight, nonlinearity="linear", generator=generator)
+            weight = nn.init.kaiming_uniform_(torch.empty(head.weight.shape), nonlinearity="linear",
+                                              generator=generator)  # PILOT's SimpleLinear init, drawn on the CPU
+            with torch.no_grad():
+                head.weight.copy_(weight)
                 head.bias.zero_()
         else:
             head = self.heads.add_head(num_classes, generator, weight_std=HEAD_STD)
