@@ -19,6 +19,7 @@ import math
 from typing import Callable, Sequence
 
 import torch
+from timm.utils import ModelEmaV2
 from torch import nn
 
 SLOTS = ("q", "k", "v")
@@ -235,8 +236,6 @@ class BranchEMA:
     """
 
     def __init__(self, wrappers: Sequence[LoRAQKV], source: int, decay: float) -> None:
-        from timm.utils import ModelEmaV2
-
         self.online = nn.ModuleList(wrapper.branches[source] for wrapper in wrappers)
         self._ema = ModelEmaV2(self.online, decay=decay)
         self._ema.module.requires_grad_(False)
