@@ -183,7 +183,7 @@ class EASE(Method):
         "ima": {**_INR, "batch_size": 32, "defaults_source": "EASE repo exps/ease_ina_in21k.json (20/20)"},
         "vtab": {"epochs": 45, "batch_size": 16, "lr": 0.03, "weight_decay": 5e-3, "bottleneck": 16,
                  "defaults_source": "EASE repo exps/ease_vtab_in21k.json (10/10)"},
-        "digits": {"epochs": 3, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-4, "bottleneck": 8,
+        "digits": {"epochs": 2, "batch_size": 32, "lr": 0.5, "weight_decay": 5e-4, "bottleneck": 8,
                    "defaults_source": "ours, for the tiny 4-block digits ViT (not official)"},
     }
     # Backbones as the configs the defaults come from (spec §6 table): PILOT's in1k-ft on CIFAR-100 and
