@@ -233,3 +233,29 @@ def test_vtab_bottleneck_16_parameter_count():
     report = describe_parameters(run)
     assert report["trainable_task"] == 304_320
     assert report["stored"] == 5 * 304_320 + 50 * 768 * 5
+
+
+def test_reweight_switch_scores_the_concatenated_cosine():
+    method, _ = trained_method()
+    method.hparams.reweight = False
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        logits = method.predict(images)
+        features = torch.cat([method.set_feature(images, j) for j in range(3)], dim=1)
+    expected = F.normalize(features, dim=1) @ F.normalize(method.classifier.weight.flatten(1), dim=1).T
+    assert (logits - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("recalc", [True, False])
+def test_recalc_sim_recomputes_older_completions_each_task(recalc):
+    tasks, _ = make_tasks(3, 2, per_class=8)
+    method = make_method(recalc_sim=recalc)
+    method.train()
+    method.learn(tasks[0])
+    method.learn(tasks[1])
+    before = method.classifier.weight.clone()
+    method.learn(tasks[2])
+    after = method.classifier.weight
+    assert torch.equal(after[:2, 0], before[:2, 0]) and torch.equal(after[2:4, :2], before[2:4])  # measured
+    changed = (after[:2, 1] - before[:2, 1]).abs().max() > 1e-6      # N of (task 0, subspace 1) now holds task 2
+    assert changed == recalc
