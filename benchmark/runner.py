@@ -225,7 +225,13 @@ def check_stored_run(run: ResolvedRun) -> None:
         raise IntegrityError(store.checkpoint_path, f"records {done} tasks done; {run.request.bench} has "
                                                     f"{run.num_tasks}")
     fingerprint = read_json_file(store.config_path).get("fingerprint", {}) if store.config_path.exists() else {}
-    digests = fingerprint.get("eval_labels_sha256") or [None] * run.num_tasks
+    digests = fingerprint.get("eval_labels_sha256") if isinstance(fingerprint, dict) else None
+    if digests is None:  # stored before fingerprints existed: the runner checks against the stream
+        digests = [None] * run.num_tasks
+    elif not isinstance(digests, list) or len(digests) != run.num_tasks:
+        raise IntegrityError(store.config_path, f"holds a fingerprint of {len(digests)} tasks, not "
+                                                f"{run.num_tasks}" if isinstance(digests, list) else
+                             "holds a damaged fingerprint")
     for index in range(done):
         path = store.prediction_path(index)
         labels, top5 = read_predictions(path)
