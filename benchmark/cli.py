@@ -85,7 +85,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
     methods = _methods(args.methods)
     header = (f"{'method':<12} {'backbone':<44} {'trainable/task':>15} {'%':>7} {'head':>9} "
-              f"{'trainable total':>16} {'%':>7} {'stored':>11} {'%':>7}")
+              f"{'trainable total':>16} {'%':>7} {'stored':>11} {'%':>7} {'ckpt MB':>9} {'% full':>7}")
     print(f"benchmark {args.bench}")
     print(header)
     for method in methods:
@@ -94,10 +94,12 @@ def cmd_params(args: argparse.Namespace) -> int:
         report = describe_parameters(run)
         print(f"{method:<12} {run.backbone:<44} {report['trainable_task']:>15,} {report['trainable_task_pct']:>7.3f} "
               f"{report['head']:>9,} {report['trainable_total']:>16,} {report['trainable_total_pct']:>7.3f} "
-              f"{report['stored']:>11,} {report['stored_pct']:>7.3f}")
+              f"{report['stored']:>11,} {report['stored_pct']:>7.3f} {report['checkpoint_bytes'] / 1e6:>9.2f} "
+              f"{100 * report['checkpoint_bytes'] / report['checkpoint_full_bytes']:>7.2f}")
         if report.get("notes"):
             print(f"{'':<12} note: {report['notes']}")
-    print(f"backbone size: {report['backbone']:,} parameters (percentages are of this)")
+    print(f"backbone size: {report['backbone']:,} parameters (percentages are of this); ckpt MB: the lean "
+          f"checkpoint after the last task, % full: of a checkpoint that also holds the frozen backbone")
     return 0
 
 
@@ -150,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = [resolve_run(RunRequest(
         bench=bench, method=method, seed=seed, backbone=args.backbone, weights=args.weights,
         device=args.device, data_root=Path(args.data_root), overrides=_overrides_for(method, args.set, methods),
-        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks))
+        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks,
+        precision=args.precision))
         for bench in benches for method in methods for seed in seeds]
     for run in runs:
         check_resumable(run)
@@ -259,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="discard stored results/checkpoints of these runs")
     run.add_argument("--max-tasks", type=int, help="stop after this many tasks (resumable later)")
     run.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="autocast precision of training and evaluation (default fp32, the published setting)")
     run.set_defaults(handler=cmd_run)
 
     table = commands.add_parser("table", help="summary table of stored results")

@@ -21,7 +21,8 @@ def load_results(root: Path, bench: str | None = None) -> pd.DataFrame:
             continue
         status = read_json(path / "status.json") if (path / "status.json").exists() else {"state": "unknown"}
         row = {"bench": config["bench"], "method": config["method"], "seed": config["seed"],
-               "backbone": config["backbone"], "state": status["state"], "reason": status.get("reason"),
+               "backbone": config["backbone"], "precision": config.get("precision", "fp32"),
+               "state": status["state"], "reason": status.get("reason"),
                "path": str(path)}
         if status["state"] == "finished" and (path / "metrics.json").exists():
             metrics = read_json(path / "metrics.json")
@@ -51,17 +52,21 @@ def summary_table(results: pd.DataFrame, metrics: list[str], with_paper: bool = 
         return pd.DataFrame()
     paper = paper_numbers() if with_paper else None
     table: dict[tuple[str, str], dict[str, str]] = {}
-    for (bench, method), group in finished.groupby(["bench", "method"], sort=True):
+    if finished["precision"].nunique() > 1:  # runs of several precisions: label each row with its precision
+        finished = finished.assign(row=finished["method"] + " (" + finished["precision"] + ")")
+    else:
+        finished = finished.assign(row=finished["method"])
+    for (bench, method, row), group in finished.groupby(["bench", "method", "row"], sort=True):
         for metric in metrics:
             column, label = METRICS[metric]
-            table.setdefault((bench, label), {})[method] = _mean_std(group[column].astype(float))
+            table.setdefault((bench, label), {})[row] = _mean_std(group[column].astype(float))
             if paper is not None and (paper["benchmark"] == bench).any():
                 match = paper[(paper["method"] == method) & (paper["benchmark"] == bench)
                               & (paper["metric"] == column)]
-                table.setdefault((bench, f"{label} paper"), {})[method] = (
+                table.setdefault((bench, f"{label} paper"), {})[row] = (
                     _format_paper(match.iloc[0]) if len(match) else "–")
-        table.setdefault((bench, "n"), {})[method] = str(len(group))
-        table.setdefault((bench, "params %"), {})[method] = f"{group['trainable_task_pct'].astype(float).mean():.3f}"
+        table.setdefault((bench, "n"), {})[row] = str(len(group))
+        table.setdefault((bench, "params %"), {})[row] = f"{group['trainable_task_pct'].astype(float).mean():.3f}"
     frame = pd.DataFrame(table)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     frame.index.name = "method"

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from benchmark.precision import full_precision
+
 SLOTS = ("q", "k", "v")
 
 
@@ -75,7 +77,8 @@ class LoRABranch(nn.Module):
         self.dim, self.rank = dim, rank
         self.targets = tuple(sorted(targets, key=SLOTS.index))
         init = DOWN_INITS[down_init]
-        self.down = nn.Parameter(torch.stack([init(rank, dim, generator) for _ in self.targets]))
+        with full_precision():  # QR/SVD inits in float32 even when a task trains under autocast
+            self.down = nn.Parameter(torch.stack([init(rank, dim, generator) for _ in self.targets]))
         self.up = nn.Parameter(torch.zeros(len(self.targets), dim, rank))
         self.scale = nn.Parameter(scale) if isinstance(scale, torch.Tensor) else scale
 
