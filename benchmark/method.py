@@ -155,6 +155,9 @@ class Method(nn.Module, metaclass=ABCMeta):
     transform_profile: ClassVar[str] = "default"
     trains_backbone: ClassVar[bool] = False
     """True only for methods that update pretrained backbone tensors (e.g. sequential fine-tuning)."""
+    predict_variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Other ways to compute the same logits, as keyword arguments of :meth:`predict` (e.g. the official code's
+    one full pass per task adapter); ``bench speed`` times each against the default path and checks the logits."""
     registry_name: ClassVar[str] = ""
 
     def __init__(self, backbone: nn.Module, hparams: MethodConfig, *, num_classes: int, num_tasks: int,

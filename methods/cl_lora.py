@@ -164,6 +164,7 @@ class CLLoRA(Method):
         "digits": {"epochs": 2, "lr": 0.05, "batch_size": 32, "weight_decay": 5e-4, "rank": 4,
                    "shared_blocks": 2},
     }
+    predict_variants = {"per-task passes": {"shared_trunk": False}}
     # Backbones: the harness defaults (benchmark/runner.py DEFAULT_BACKBONES) are CL-LoRA's configs: AugReg
     # in21k on CIFAR-100, ImageNet-A and VTAB, in21k -> in1k on ImageNet-R (inr.json).
 
