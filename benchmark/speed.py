@@ -119,10 +119,11 @@ class _Enough(Exception):
 
 
 class _StepClock:
-    """A :class:`benchmark.method.TrainingMonitor` that timestamps the end of each training step."""
+    """A :class:`benchmark.method.TrainingMonitor` that timestamps the end of each training step (wall clock, and
+    this process's CPU time: on a shared, loaded machine the CPU seconds per image are the steadier measure)."""
 
     def __init__(self, steps: int, device: torch.device) -> None:
-        self.steps, self.device, self.times = steps, device, []
+        self.steps, self.device, self.times, self.cpu_times = steps, device, [], []
 
     def start_epochs(self, epochs: int, batches_per_epoch: int) -> None:
         pass
@@ -131,6 +132,7 @@ class _StepClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
         if len(self.times) > self.steps:
             raise _Enough
 
@@ -238,8 +240,10 @@ def train_speed(name: str, backbone: str, precision: str, device: torch.device, 
     timed = len(clock.times) - 1
     trained = timed >= 1
     seconds = clock.times[-1] - clock.times[0] if trained else float("nan")
+    cpu_seconds = clock.cpu_times[-1] - clock.cpu_times[0] if trained else float("nan")
     return {"method": name, "precision": precision, "batch_size": batch, "trains": trained,
             "timed_steps": max(timed, 0), "images_per_s": batch * timed / seconds if trained else None,
+            "images_per_cpu_s": batch * timed / cpu_seconds if trained and cpu_seconds > 0 else None,
             "peak_memory_mb": memory.peak_mb if trained else None, "peak_memory_source": memory.source}
 
 
@@ -344,6 +348,7 @@ def render_method_speed(report: dict[str, Any]) -> list:
             table.add_column(f"{precision} peak MB", justify="right")
         if len(precisions) > 1:
             table.add_column(f"{precisions[1]}/{precisions[0]}", justify="right")
+            table.add_column(f"{precisions[1]}/{precisions[0]} CPU s", justify="right")
         for name in dict.fromkeys(row["method"] for row in report["training"]):
             rows = {row["precision"]: row for row in report["training"] if row["method"] == name}
             cells = [name, str(next(iter(rows.values()))["batch_size"])]
@@ -354,6 +359,8 @@ def render_method_speed(report: dict[str, Any]) -> list:
             if len(precisions) > 1:
                 first, second = rows[precisions[0]], rows[precisions[1]]
                 cells.append(f"{second['images_per_s'] / first['images_per_s']:.2f}x" if first["trains"] else "–")
+                cpu = first.get("images_per_cpu_s") and second.get("images_per_cpu_s")
+                cells.append(f"{second['images_per_cpu_s'] / first['images_per_cpu_s']:.2f}x" if cpu else "–")
             table.add_row(*cells)
         tables.append(table)
     if report["inference"]:
