@@ -92,9 +92,11 @@ def cmd_params(args: argparse.Namespace) -> int:
         run = resolve_run(RunRequest(bench=args.bench, method=method, backbone=args.backbone,
                                      overrides=_overrides_for(method, args.set, methods)))
         report = describe_parameters(run)
-        print(f"{method:<12} {run.backbone:<44} {report['trainable_task']:>15,} {report['trainable_task_pct']:>7.3f} "
-              f"{report['head']:>9,} {report['trainable_total']:>16,} {report['trainable_total_pct']:>7.3f} "
-              f"{report['stored']:>11,} {report['stored_pct']:>7.3f} {report['checkpoint_bytes'] / 1e6:>9.2f} "
+        # % from the counts, not from the 4-decimal ``*_pct`` (rounding twice prints 0.0895 as 0.089)
+        pct = {key: 100 * report[key] / report["backbone"] for key in ("trainable_task", "trainable_total", "stored")}
+        print(f"{method:<12} {run.backbone:<44} {report['trainable_task']:>15,} {pct['trainable_task']:>7.3f} "
+              f"{report['head']:>9,} {report['trainable_total']:>16,} {pct['trainable_total']:>7.3f} "
+              f"{report['stored']:>11,} {pct['stored']:>7.3f} {report['checkpoint_bytes'] / 1e6:>9.2f} "
               f"{100 * report['checkpoint_bytes'] / report['checkpoint_full_bytes']:>7.2f}")
         if report.get("notes"):
             print(f"{'':<12} note: {report['notes']}")

@@ -16,13 +16,19 @@ class TaskLinearHeads(nn.Module):
         self.feature_dim = feature_dim
         self.heads = nn.ModuleList()
 
-    def add_head(self, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
+    def add_head(self, num_classes: int, generator: torch.Generator | None = None,
+                 weight_std: float | None = None) -> nn.Linear:
         """Append a head for a new task (on the device of existing heads) and return it.
 
         With ``generator``, nn.Linear's default init (weight and bias U(+-1/sqrt(dim))) is drawn from it instead
-        of the global RNG.
+        of the global RNG. With ``weight_std``, weights are N(0, weight_std²) and the bias 0 (LAE: 0.001).
         """
-        if generator is None:
+        if weight_std is not None:
+            head = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, num_classes)
+            with torch.no_grad():
+                nn.init.normal_(head.weight, 0.0, weight_std, generator=generator)
+                head.bias.zero_()
+        elif generator is None:
             head = nn.Linear(self.feature_dim, num_classes)
         else:
             head = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, num_classes)

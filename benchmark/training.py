@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Literal
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from benchmark import precision
 from benchmark.errors import TrainingDiverged
@@ -66,12 +67,18 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
 
 def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-               loader: Iterable | None = None) -> list[float]:
-    """Train for ``epochs`` over ``loader`` (default: the task's train loader); returns mean loss per epoch."""
+               loader: Iterable | None = None,
+               on_epoch_start: Callable[[int], None] | None = None) -> list[float]:
+    """Train for ``epochs`` over ``loader`` (default: the task's train loader); returns mean loss per epoch.
+
+    ``on_epoch_start(epoch)`` runs before each epoch's first batch (e.g. LAE's freeze phase).
+    """
     loader = task.train_loader if loader is None else loader
     task.monitor.start_epochs(epochs, len(loader))
     epoch_losses = []
     for epoch in range(epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         total = torch.zeros((), device=device)
         batches = 0
         for images, labels in loader:
@@ -90,3 +97,12 @@ def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
         epoch_losses.append(mean)
         task.monitor.end_epoch(epoch, mean)
     return epoch_losses
+
+
+def drop_last_loader(loader: DataLoader) -> DataLoader:
+    """The same shuffled loader (dataset, batch size, sampler generator, workers) without the last partial batch.
+
+    For methods whose official loaders use ``drop_last`` (LAE); the shuffle order is the one ``loader`` would give.
+    """
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, drop_last=True,
+                      generator=loader.generator, num_workers=loader.num_workers, pin_memory=loader.pin_memory)
