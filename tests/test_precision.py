@@ -16,6 +16,7 @@ from benchmark.precision import autocast, full_precision, training_precision
 from benchmark.report import summary_table
 from benchmark.runner import make_loader
 from benchmark.training import optimizer_step
+from baselines.ease import semantic_completion
 from baselines.inflora import design_down_projection
 from baselines.olora import orthogonality_penalty
 from methods.cl_lora import distillation_loss, orthogonality_cosine
@@ -61,7 +62,9 @@ def test_sensitive_pieces_ignore_autocast():
     def compute():
         memory = DualGPM(1, 16)
         memory.update([moment], 0.9)
-        return [memory.basis(0), memory.project(0, moment), design_down_projection(moment, 3),
+        prototypes = torch.randn(5, 2, 16, generator=torch.Generator().manual_seed(4))
+        semantic_completion(prototypes, [3, 2])
+        return [prototypes, memory.basis(0), memory.project(0, moment), design_down_projection(moment, 3),
                 distillation_loss(student, teacher, 2.0), orthogonality_cosine(weights[0], weights[1:]),
                 orthogonality_penalty(old, new)]
 
