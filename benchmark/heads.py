@@ -73,3 +73,16 @@ def linear_head(in_features: int, num_classes: int, generator: torch.Generator |
         nn.init.trunc_normal_(head.weight, std=0.02, generator=generator)
         head.bias.zero_()
     return head
+
+
+def kaiming_linear_head(in_features: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
+    """The single ``Linear(dim, C_total)`` head of SD-LoRA (PILOT's ``SimpleLinear``).
+
+    Weights Kaiming-uniform with the linear gain, U(+-sqrt(3 / dim)) (U(+-0.0625) at dim 768), bias zero.
+    """
+    head = torch.nn.utils.skip_init(nn.Linear, in_features, num_classes)
+    bound = (3.0 / in_features) ** 0.5
+    with torch.no_grad():
+        head.weight.copy_((torch.rand(num_classes, in_features, generator=generator) * 2 - 1) * bound)
+        head.bias.zero_()
+    return head

@@ -9,7 +9,7 @@ epoch and stops with :class:`TrainingDiverged` on a NaN or infinite loss.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -36,13 +36,16 @@ def build_optimizer(parameters: Iterable[nn.Parameter], name: Literal["sgd", "ad
     raise ValueError(f"unknown optimizer '{name}' (sgd, adam, adamw)")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "coda_cosine", "constant"],
-                    epochs: int, eta_min: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler | None:
+def build_scheduler(optimizer: torch.optim.Optimizer,
+                    name: Literal["cosine", "coda_cosine", "constant", "multistep"], epochs: int,
+                    eta_min: float = 0.0, milestones: Sequence[int] = (),
+                    gamma: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-epoch schedule, or ``None`` for a constant lr.
 
     - ``cosine``: CosineAnnealingLR(T_max=epochs, eta_min);
     - ``coda_cosine``: the CODA-Prompt/InfLoRA ``CosineSchedule``, lr_e = base * cos(99 pi e / (200 (K - 1))) for
-      epoch e of K (base lr when K = 1); it ends near 0.016 * base, not at ``eta_min``.
+      epoch e of K (base lr when K = 1); it ends near 0.016 * base, not at ``eta_min``;
+    - ``multistep``: MultiStepLR(milestones, gamma), the lr times ``gamma`` at each milestone epoch (SD-LoRA).
     """
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=eta_min)
@@ -51,9 +54,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "c
             return math.cos(99 * math.pi * epoch / (200 * (epochs - 1))) if epochs > 1 else 1.0
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     if name == "constant":
         return None
-    raise ValueError(f"unknown schedule '{name}' (cosine, coda_cosine, constant)")
+    raise ValueError(f"unknown schedule '{name}' (cosine, coda_cosine, constant, multistep)")
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
