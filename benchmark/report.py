@@ -75,6 +75,8 @@ def summary_table(results: pd.DataFrame, metrics: list[str], with_paper: bool = 
         return pd.DataFrame()
     paper = paper_numbers() if with_paper else None
     table: dict[tuple[str, str], dict[str, str]] = {}
+    if "precision" not in finished:
+        finished = finished.assign(precision="fp32")
     if finished["precision"].nunique() > 1:  # runs of several precisions: label each row with its precision
         finished = finished.assign(row=finished["method"] + " (" + finished["precision"] + ")")
     else:
