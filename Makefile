@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test mutants clean-results
+.PHONY: install run test mutants gpu-check clean-results
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ mutants: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,mutation]'
 	$(BIN)/mutmut run --max-children $$(nproc) $(MUTANTS) || true
 	$(BIN)/python tests/mutation_report.py
+
+# On a CUDA machine (a few minutes): the CUDA tests, then each method's training and inference speed at ViT-B/16
+# shapes (synthetic inputs, no weights), fp32 and bf16 side by side; tables on screen, JSON under results/speed/.
+gpu-check: install
+	$(BIN)/python -m pytest tests/test_cuda.py -q -rs
+	$(BIN)/bench speed --device cuda --tasks 40 --batch-size 64
+	$(BIN)/bench speed --train --device cuda --backbone vit_base_patch16_224.augreg_in21k --tasks 40 --batch-size 64 \
+		--steps 5 --repeats 2
 
 clean-results:
 	rm -rf results/*/ results/tables results/plots

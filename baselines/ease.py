@@ -34,6 +34,7 @@ from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbo
 from benchmark.peft.adapter import (AdaptedMLP, adapter_set_parameters, add_adapter_set, attach_adapters,
                                    use_adapter_chunks, use_adapter_set)
 from benchmark.registry import register_method
+from benchmark.precision import full_precision
 from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
 
 GPU_PASS_IMAGES = 512
@@ -90,8 +91,9 @@ def semantic_completion(prototypes: torch.Tensor, task_sizes: list[int], recompu
         own = slice(offsets[i], offsets[i + 1])
         for j in (range(i + 1, last + 1) if recompute else (last,)):
             newer = slice(offsets[j], offsets[last + 1])
-            cosines = F.normalize(prototypes[own, i], dim=-1) @ F.normalize(prototypes[newer, i], dim=-1).T
-            prototypes[own, j] = torch.softmax(cosines, dim=1) @ prototypes[newer, j]
+            with full_precision():  # prototype arithmetic stays float32 under --precision bf16/fp16
+                cosines = F.normalize(prototypes[own, i], dim=-1) @ F.normalize(prototypes[newer, i], dim=-1).T
+                prototypes[own, j] = torch.softmax(cosines, dim=1) @ prototypes[newer, j]
 
 
 class SubspacePrototypes(nn.Module):

@@ -28,6 +28,7 @@ from benchmark.learners.task_lora import TaskLoRAConfig, TaskLoRALearner
 from benchmark.method import ParameterReport, Task
 from benchmark.peft.gpm import DualGPM, gpm_threshold, input_moments, single_threaded
 from benchmark.peft.lora import LoRABranch, LoRAQKV
+from benchmark.precision import full_precision
 from benchmark.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class InfLoRAConfig(TaskLoRAConfig):
 
 def design_down_projection(projected_moment: torch.Tensor, rank: int) -> torch.Tensor:
     """A = (top-``rank`` left singular vectors of Ĉ)ᵀ / √3: orthonormal rows of squared norm 1/3 (float32 SVD)."""
-    with single_threaded():
+    with single_threaded(), full_precision():
         u, _, _ = torch.linalg.svd(projected_moment.float().cpu())
     return u[:, :rank].T / math.sqrt(3)
 

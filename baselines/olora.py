@@ -32,6 +32,7 @@ from benchmark.errors import ClbenchError
 from benchmark.learners.task_lora import TaskLoRAConfig, TaskLoRALearner
 from benchmark.method import ParameterReport, Task
 from benchmark.peft.lora import SLOTS, LoRABranch, LoRAQKV
+from benchmark.precision import full_precision
 from benchmark.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,12 @@ class OLoRAConfig(TaskLoRAConfig):
 
 
 def orthogonality_penalty(old_downs: torch.Tensor, new_downs: torch.Tensor) -> torch.Tensor:
-    """Σ_entries |A_old A_newᵀ| over slots: ``old_downs`` (M, r_old, dim) stacks the previous tasks' A."""
-    return torch.einsum("mrd,msd->mrs", old_downs, new_downs).abs().sum()
+    """Σ_entries |A_old A_newᵀ| over slots: ``old_downs`` (M, r_old, dim) stacks the previous tasks' A.
+
+    In float32 outside autocast: the penalty drives these products to ~0, below a half type's resolution.
+    """
+    with full_precision():
+        return torch.einsum("mrd,msd->mrs", old_downs.float(), new_downs.float()).abs().sum()
 
 
 def l2_penalty(branch: LoRABranch) -> torch.Tensor:

@@ -31,6 +31,7 @@ from benchmark.classifiers import CosineLinear, extract_features
 from benchmark.errors import ClbenchError
 from benchmark.learners.first_task_adapter import FirstTaskAdapterConfig, FirstTaskAdapterLearner
 from benchmark.method import ParameterReport, Task
+from benchmark.precision import full_precision
 from benchmark.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ class RanPAC(FirstTaskAdapterLearner):
     def absorb_task(self, task: Task) -> None:
         """Accumulate G and Q, choose λ on this task's h, solve for W_o (on the CPU)."""
         features, labels = extract_features(self.adapted_features, task.train_eval_loader, self.device)
+        with full_precision():  # G, Q and the solves in the accumulator dtype under --precision bf16/fp16
+            self._absorb(task, features, labels)
+
+    def _absorb(self, task: Task, features: torch.Tensor, labels: torch.Tensor) -> None:
         stats = self.statistics
         dtype = stats.gram.dtype
         h = random_features(features.cpu().to(dtype), self.projection.cpu().to(dtype))

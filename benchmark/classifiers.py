@@ -62,16 +62,24 @@ class CosinePrototypeClassifier(nn.Module):
 @torch.inference_mode()
 def extract_features(feature_fn: FeatureFn, loader: Iterable, device: torch.device
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels of every batch of ``loader`` (no gradient), concatenated, on ``device``."""
+    """Features and labels of every batch of ``loader`` (no gradient), concatenated, on ``device``.
+
+    The features are float32 whatever the autocast precision of the pass (means and statistics need it).
+    """
     features, labels = [], []
     for images, targets in loader:
-        features.append(feature_fn(images.to(device, non_blocking=True)))
+        features.append(feature_fn(images.to(device, non_blocking=True)).float())
         labels.append(targets.to(device))
     return torch.cat(features), torch.cat(labels)
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Mean feature of each class in ``classes`` (rows in that order), vectorised over samples and classes."""
+    """Mean feature of each class in ``classes`` (rows in that order), vectorised over samples and classes.
+
+    Sums in float32 (or the features' wider dtype), outside autocast.
+    """
+    if features.dtype in (torch.float16, torch.bfloat16):
+        features = features.float()
     class_ids = torch.as_tensor(classes, device=labels.device, dtype=torch.long)
     size = max(int(class_ids.max().item()), int(labels.max().item()) if labels.numel() else 0) + 1
     position = torch.full((size,), -1, dtype=torch.long, device=labels.device)

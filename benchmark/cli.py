@@ -78,7 +78,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
     methods = _methods(args.methods)
     header = (f"{'method':<12} {'backbone':<44} {'trainable/task':>15} {'%':>7} {'head':>9} "
-              f"{'trainable total':>16} {'%':>7} {'stored':>11} {'%':>7}")
+              f"{'trainable total':>16} {'%':>7} {'stored':>11} {'%':>7} {'ckpt MB':>9} {'% full':>7}")
     print(f"benchmark {args.bench}")
     print(header)
     for method in methods:
@@ -89,10 +89,12 @@ def cmd_params(args: argparse.Namespace) -> int:
         pct = {key: 100 * report[key] / report["backbone"] for key in ("trainable_task", "trainable_total", "stored")}
         print(f"{method:<12} {run.backbone:<44} {report['trainable_task']:>15,} {pct['trainable_task']:>7.3f} "
               f"{report['head']:>9,} {report['trainable_total']:>16,} {pct['trainable_total']:>7.3f} "
-              f"{report['stored']:>11,} {pct['stored']:>7.3f}")
+              f"{report['stored']:>11,} {pct['stored']:>7.3f} {report['checkpoint_bytes'] / 1e6:>9.2f} "
+              f"{100 * report['checkpoint_bytes'] / report['checkpoint_full_bytes']:>7.2f}")
         if report.get("notes"):
             print(f"{'':<12} note: {report['notes']}")
-    print(f"backbone size: {report['backbone']:,} parameters (percentages are of this)")
+    print(f"backbone size: {report['backbone']:,} parameters (percentages are of this); ckpt MB: the lean "
+          f"checkpoint after the last task, % full: of a checkpoint that also holds the frozen backbone")
     return 0
 
 
@@ -171,6 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, data_root=Path(args.data_root),
         overrides=merge_overrides(method, _overrides_for(method, args.set, methods), variant),
         results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks,
+        precision=args.precision,
         variant=variant.name if variant else None)
         for bench in benches for method in methods for variant in variants[method] for seed in seeds)
     if args.dry_run:
@@ -261,14 +264,40 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # -- bench speed -----------------------------------------------------------------------------------------
 def cmd_speed(args: argparse.Namespace) -> int:
-    """CL-LoRA inference: shared trunk once + task branches vs. one full pass per task (same inputs)."""
+    """CL-LoRA inference: shared trunk once + task branches vs. one full pass per task (same inputs); with
+    ``--train`` or ``--methods``: training and inference speed of each method, precisions side by side."""
     from benchmark.runner import resolve_device
     from benchmark.speed import format_speed_report, speed_report
 
     device = resolve_device(args.device)
+    if args.train or args.methods:
+        return _method_speed(args, device)
     report = speed_report(backbone=args.backbone, num_tasks=args.tasks, batch_size=args.batch_size,
                           device=str(device), repeats=args.repeats, rank=args.rank)
     print(format_speed_report(report))
+    return 0
+
+
+def _method_speed(args: argparse.Namespace, device) -> int:
+    import time
+
+    from rich.console import Console
+
+    from benchmark.precision import check_precision
+    from benchmark.results import atomic_write_json
+    from benchmark.speed import method_speed_report, render_method_speed
+
+    precisions = [check_precision(name) for name in _split(args.precisions)]
+    report = method_speed_report(_methods(args.methods), args.backbone, precisions, device, train=args.train,
+                                 steps=args.steps, train_batch_size=args.train_batch_size, num_tasks=args.tasks,
+                                 eval_batch_size=args.batch_size, repeats=args.repeats, family=args.family,
+                                 echo=lambda line: print(line, file=sys.stderr))
+    console = Console(width=None if sys.stdout.isatty() else 132)
+    for table in render_method_speed(report):
+        console.print(table)
+    path = Path(args.results_dir) / "speed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{device.type}.json"
+    atomic_write_json(path, report)
+    print(f"written: {path}", file=sys.stderr)
     return 0
 
 
@@ -329,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray: GPUs per run, fractions below 1 pack runs on a GPU (default 0)")
     run.add_argument("--max-retries", type=int, default=3,
                      help="Ray: restarts of a run whose worker died; it resumes from its checkpoint (default 3)")
+    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="autocast precision of training and evaluation (default fp32, the published setting)")
     run.set_defaults(handler=cmd_run)
 
     table = commands.add_parser("table", help="summary table of stored results")
@@ -344,13 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--results-dir", default=str(_default_results_dir()))
     plot.set_defaults(handler=cmd_plot)
 
-    speed = commands.add_parser("speed", help="CL-LoRA inference speed: shared trunk vs per-task full passes")
+    speed = commands.add_parser("speed", help="CL-LoRA inference speed: shared trunk vs per-task full passes; "
+                                   "--train / --methods: each method's training and inference speed")
     speed.add_argument("--backbone", default="vit_base_patch16_224.augreg_in21k")
     speed.add_argument("--tasks", type=int, default=10)
     speed.add_argument("--batch-size", type=int, default=32)
     speed.add_argument("--rank", type=int, default=10)
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--device", default="auto")
+    speed.add_argument("--train", action="store_true",
+                       help="time each method's training step (with --methods; default: every method)")
+    speed.add_argument("--methods", help="per-method speed table for these methods (comma-separated)")
+    speed.add_argument("--precisions", default="fp32,bf16", help="comma-separated, side by side (default fp32,bf16)")
+    speed.add_argument("--steps", type=int, default=3, help="timed training steps after one warm-up step")
+    speed.add_argument("--train-batch-size", type=int, help="training batch size (default: each method's own)")
+    speed.add_argument("--family", default="imr", help="benchmark family of the methods' hyper-parameters "
+                       "(default imr; digits for the tiny registered ViTs)")
+    speed.add_argument("--results-dir", default=str(_default_results_dir()), help="JSON goes to <dir>/speed/")
     speed.set_defaults(handler=cmd_speed)
     return parser
 

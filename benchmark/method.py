@@ -20,6 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from benchmark.checkpoints import PretrainedWeights
+from benchmark.precision import training_precision
+
 
 @dataclass
 class MethodConfig:
@@ -79,6 +82,8 @@ class Task:
     train_loader: DataLoader
     train_eval_loader: DataLoader
     monitor: TrainingMonitor = field(default_factory=SilentMonitor)
+    precision: str = "fp32"
+    """Autocast precision of the task's training (``fp32``, ``bf16``, ``fp16``); applied by :meth:`Method.learn`."""
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +155,9 @@ class Method(nn.Module, metaclass=ABCMeta):
     transform_profile: ClassVar[str] = "default"
     trains_backbone: ClassVar[bool] = False
     """True only for methods that update pretrained backbone tensors (e.g. sequential fine-tuning)."""
+    predict_variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Other ways to compute the same logits, as keyword arguments of :meth:`predict` (e.g. the official code's
+    one full pass per task adapter); ``bench speed`` times each against the default path and checks the logits."""
     registry_name: ClassVar[str] = ""
 
     def __init__(self, backbone: nn.Module, hparams: MethodConfig, *, num_classes: int, num_tasks: int,
@@ -160,6 +168,8 @@ class Method(nn.Module, metaclass=ABCMeta):
         """
         super().__init__()
         self.backbone = backbone.to(device)
+        self.pretrained_weights = PretrainedWeights(self.backbone)
+        """Digests of the pretrained tensors as built: checkpoints leave those out (``benchmark/checkpoints.py``)."""
         self.hparams = hparams
         self.num_classes = num_classes
         self.num_tasks = num_tasks
@@ -174,8 +184,10 @@ class Method(nn.Module, metaclass=ABCMeta):
 
     # -- the interface the runner calls -------------------------------------------------------------
     def learn(self, task: Task) -> None:
-        """Train on ``task`` (runner entry point): calls :meth:`train_task`, then records the task size."""
-        self.train_task(task)
+        """Train on ``task`` (runner entry point): calls :meth:`train_task` under the task's precision (autocast,
+        fp16 loss scaling: ``benchmark/precision.py``), then records the task size."""
+        with training_precision(task.precision, self.device):
+            self.train_task(task)
         self.task_sizes.append(task.num_classes)
 
     @abstractmethod

@@ -46,7 +46,8 @@ def _result_row(path: Path) -> dict:
     variant = config.get("variant")
     row = {"bench": config["bench"], "method": config["method"] + (f"[{variant}]" if variant else ""),
            "base_method": config["method"], "variant": variant, "seed": config["seed"],
-           "backbone": config["backbone"], "state": status["state"], "reason": status.get("reason"),
+           "backbone": config["backbone"], "precision": config.get("precision", "fp32"),
+           "state": status["state"], "reason": status.get("reason"),
            "path": str(path)}
     if status["state"] == "finished":
         if not (path / "metrics.json").exists():
@@ -77,17 +78,23 @@ def summary_table(results: pd.DataFrame, metrics: list[str], with_paper: bool = 
         return pd.DataFrame()
     paper = paper_numbers() if with_paper else None
     table: dict[tuple[str, str], dict[str, str]] = {}
-    for (bench, method), group in finished.groupby(["bench", "method"], sort=True):
+    if "precision" not in finished:
+        finished = finished.assign(precision="fp32")
+    if finished["precision"].nunique() > 1:  # runs of several precisions: label each row with its precision
+        finished = finished.assign(row=finished["method"] + " (" + finished["precision"] + ")")
+    else:
+        finished = finished.assign(row=finished["method"])
+    for (bench, method, row), group in finished.groupby(["bench", "method", "row"], sort=True):
         for metric in metrics:
             column, label = METRICS[metric]
-            table.setdefault((bench, label), {})[method] = _mean_std(group[column].astype(float))
+            table.setdefault((bench, label), {})[row] = _mean_std(group[column].astype(float))
             if paper is not None and (paper["benchmark"] == bench).any():
                 match = paper[(paper["method"] == method) & (paper["benchmark"] == bench)
                               & (paper["metric"] == column)]
-                table.setdefault((bench, f"{label} paper"), {})[method] = (
+                table.setdefault((bench, f"{label} paper"), {})[row] = (
                     _format_paper(match.iloc[0]) if len(match) else "–")
-        table.setdefault((bench, "n"), {})[method] = str(len(group))
-        table.setdefault((bench, "params %"), {})[method] = f"{group['trainable_task_pct'].astype(float).mean():.3f}"
+        table.setdefault((bench, "n"), {})[row] = str(len(group))
+        table.setdefault((bench, "params %"), {})[row] = f"{group['trainable_task_pct'].astype(float).mean():.3f}"
     frame = pd.DataFrame(table)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     frame.index.name = "method"

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.backbones import build_backbone, input_size
+from benchmark.checkpoints import checkpoint_state, restore_checkpoint, serialized_size
 from benchmark.config import as_dict, resolve_hparams
 from benchmark.errors import ClbenchError
 from benchmark.integrity import (IntegrityError, check_predictions, config_digest, read_json_file, read_predictions,
@@ -31,6 +32,7 @@ from benchmark.integrity import (IntegrityError, check_predictions, config_diges
 from benchmark.locking import RunLocked, run_lock
 from benchmark.method import Method, SilentMonitor, Task, TrainingMonitor
 from benchmark.metrics import Evaluation, compute_metrics
+from benchmark.precision import autocast, check_precision
 from benchmark.provenance import git_commit, package_versions
 from benchmark.registry import METHODS
 from benchmark.results import RunStore, atomic_write_json
@@ -76,6 +78,8 @@ class RunRequest:
     fresh: bool = False
     max_tasks: int | None = None
     variant: str | None = None  # a grid variant's name: the run folder is ``<method>[<variant>]``
+    precision: str = "fp32"
+    """Autocast precision of training and evaluation: fp32 (default), bf16, fp16 (``benchmark/precision.py``)."""
 
 
 @dataclass
@@ -108,6 +112,7 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     method_class = METHODS.get(request.method)
     hparams = _resolve_method_hparams(request.method, method_class, family, request.overrides)
     backbone = request.backbone or method_class.default_backbones.get(family) or DEFAULT_BACKBONES[family]
+    check_precision(request.precision)
     if request.max_tasks is not None and not 1 <= request.max_tasks <= num_tasks:
         raise ClbenchError(f"--max-tasks must be between 1 and {num_tasks} for {request.bench}")
     return ResolvedRun(request, method_class, family, spec.num_classes, num_tasks, hparams, backbone)
@@ -162,6 +167,7 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
         "device": str(device),
         "data_root": str(request.data_root),
         "hparams": as_dict(run.hparams),
+        "precision": request.precision,
         "overrides": dict(request.overrides),
         "stream": stream.describe(),
         "fingerprint": {"config_sha256": config_digest(resume_fields(run)), **stream_fingerprint(
@@ -172,14 +178,15 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
     }
 
 
-RESUME_KEYS = ("bench", "method", "seed", "backbone", "weights", "hparams")
+RESUME_KEYS = ("bench", "method", "seed", "backbone", "weights", "hparams", "precision")
 
 
 def resume_fields(run: ResolvedRun) -> dict[str, Any]:
     """The config fields a stored run must share with this one to be resumed or skipped."""
     request = run.request
     return {"bench": request.bench, "method": request.method, "seed": request.seed, "backbone": run.backbone,
-            "weights": str(request.weights) if request.weights else None, "hparams": as_dict(run.hparams)}
+            "weights": str(request.weights) if request.weights else None, "hparams": as_dict(run.hparams),
+            "precision": request.precision}
 
 
 def check_resumable(run: ResolvedRun) -> None:
@@ -190,11 +197,14 @@ def check_resumable(run: ResolvedRun) -> None:
         return
     stored = read_json_file(store.config_path)
     fingerprint = stored.get("fingerprint")
+    # (configs stored before precisions existed have no "precision" in their fingerprint)
+    fingerprinted = {key: stored.get(key) for key in RESUME_KEYS if key != "precision" or "precision" in stored}
     if fingerprint is not None and (not isinstance(fingerprint, dict) or fingerprint.get("config_sha256")
-                                    != config_digest({key: stored.get(key) for key in RESUME_KEYS})):
+                                    != config_digest(fingerprinted)):
         raise IntegrityError(store.config_path, "does not match its own fingerprint (edited or damaged)")
     current = resume_fields(run)
-    changed = [key for key in RESUME_KEYS if stored.get(key) != current[key]]
+    # Runs stored before precisions existed ran in fp32.
+    changed = [key for key in RESUME_KEYS if stored.get(key, "fp32" if key == "precision" else None) != current[key]]
     if changed:
         raise ClbenchError(f"{store.path} holds a run with a different config ({', '.join(changed)}); pass --fresh "
                            "to replace it or choose another --results-dir")
@@ -254,12 +264,16 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 @torch.inference_mode()
-def evaluate(method: Method, loader: DataLoader, device: torch.device) -> Evaluation:
-    """Labels and top-5 predictions of ``method`` on the seen-class test set, batched, in loader order."""
+def evaluate(method: Method, loader: DataLoader, device: torch.device, precision: str = "fp32") -> Evaluation:
+    """Labels and top-5 predictions of ``method`` on the seen-class test set, batched, in loader order.
+
+    ``predict`` runs under the run's autocast precision; the top-5 are taken from float32 logits.
+    """
     method.eval()
     labels, top5 = [], []
     for images, targets in loader:
-        logits = method.predict(images.to(device, non_blocking=True))
+        with autocast(precision, device):
+            logits = method.predict(images.to(device, non_blocking=True)).float()
         if logits.ndim != 2 or logits.shape[1] != method.seen_classes:
             raise RuntimeError(f"{method.registry_name}.predict returned shape {tuple(logits.shape)}, expected "
                                f"(batch, {method.seen_classes})")
@@ -293,6 +307,15 @@ class RunOutcome:
 
 
 MonitorFactory = Callable[[str, int], TrainingMonitor]
+
+
+def make_loader(dataset, batch_size: int, workers: int, device: torch.device, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """A task's loader; on CUDA with pinned memory and (with workers) persistent workers, so that the workers'
+    start-up is paid once per loader rather than once per epoch."""
+    cuda = device.type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+                      pin_memory=cuda, persistent_workers=cuda and workers > 0)
 
 
 def execute(run: ResolvedRun, monitor_factory: MonitorFactory | None = None,
@@ -402,7 +425,7 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
                                                         f"{run.num_tasks}")
         verify_predictions(run, store, stream, start)
         try:
-            method.load_state_dict(checkpoint["method_state"])
+            restore_checkpoint(method, checkpoint)  # lean: the frozen pretrained tensors come from the backbone
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise IntegrityError(store.checkpoint_path, f"does not fit {request.method} "
                                                         f"({type(error).__name__}: {error})") from None
@@ -417,32 +440,29 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
         # Seeding per task makes a resumed run identical to an uninterrupted one (augmentation, shuffling).
         torch.manual_seed(request.seed * 1000 + index)
         loader_generator = torch.Generator().manual_seed(request.seed * 1000 + index)
-        pin = device.type == "cuda"
         task = Task(
             index=index, classes=list(task_data.classes), known_classes=sum(stream.increments[:index]),
             seen_classes=sum(stream.increments[: index + 1]), num_tasks=run.num_tasks,
-            train_loader=DataLoader(task_data.train, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                    generator=loader_generator, pin_memory=pin),
-            train_eval_loader=DataLoader(task_data.train_eval, batch_size=method.eval_batch_size,
-                                         shuffle=False, num_workers=workers, pin_memory=pin),
-            monitor=monitor_factory(f"task {index + 1}/{run.num_tasks}", index))
+            train_loader=make_loader(task_data.train, batch_size, workers, device, shuffle=True,
+                                     generator=loader_generator),
+            train_eval_loader=make_loader(task_data.train_eval, method.eval_batch_size, workers, device),
+            monitor=monitor_factory(f"task {index + 1}/{run.num_tasks}", index), precision=request.precision)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         began = time.perf_counter()
         method.train()
         method.learn(task)
         train_seconds = time.perf_counter() - began
-        eval_loader = DataLoader(stream.eval_dataset(index), batch_size=method.eval_batch_size, shuffle=False,
-                                 num_workers=workers, pin_memory=pin)
+        eval_loader = make_loader(stream.eval_dataset(index), method.eval_batch_size, workers, device)
         began = time.perf_counter()
-        evaluation = evaluate(method, eval_loader, device)
+        evaluation = evaluate(method, eval_loader, device, request.precision)
         eval_seconds = time.perf_counter() - began
         peak, peak_source = _peak_memory_mb(device)
         store.save_evaluation(index, evaluation)
         timing.append({"task": index, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                        "peak_memory_mb": peak, "peak_memory_source": peak_source})
         atomic_write_json(store.timing_path, timing)
-        store.save_checkpoint({"tasks_done": index + 1, "method_state": method.state_dict()})
+        store.save_checkpoint({"tasks_done": index + 1, **checkpoint_state(method)})  # lean: no frozen backbone
         store.write_status("running", index + 1)
         partial = compute_metrics(store.load_evaluations(index + 1), stream.increments)
         log(f"{request.method} task {index + 1}/{run.num_tasks}: A_{index + 1} = "
@@ -473,5 +493,8 @@ def describe_parameters(run: ResolvedRun) -> dict:
     per_task = spec.num_classes // num_tasks
     method.restore_structure([per_task] * num_tasks)
     method.task_sizes = [per_task] * num_tasks
-    return method.parameter_report().as_dict()
+    report = method.parameter_report().as_dict()
+    report["checkpoint_bytes"] = serialized_size(checkpoint_state(method))
+    report["checkpoint_full_bytes"] = serialized_size(method.state_dict())
+    return report
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from benchmark import precision
 from benchmark.errors import TrainingDiverged
 from benchmark.method import Task
 
@@ -64,11 +65,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
                    grad_clip: float | None = None) -> torch.Tensor:
     """zero_grad (to None), backward, optional grad-norm clipping, one step. Returns the detached loss."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    precision.backward(loss)  # loss-scaled under fp16 (benchmark/precision.py)
+    precision.step(optimizer, grad_clip)
     return loss.detach()
 
 

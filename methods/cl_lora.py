@@ -42,6 +42,8 @@ from benchmark.classifiers import CosineLinear, CosinePrototypeClassifier, proto
 from benchmark.errors import ClbenchError
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
 from benchmark.peft.lora import LoRABranch, LoRAQKV, attach_lora
+from benchmark import precision
+from benchmark.precision import full_precision
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, build_scheduler, run_epochs
 
@@ -113,9 +115,13 @@ class StepLosses(NamedTuple):
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(1/B) sum_b sum_c -softmax(teacher/T) log_softmax(student/T): no T^2, teacher not detached (spec §3)."""
-    targets = torch.softmax(teacher / temperature, dim=1)
-    return -(targets * torch.log_softmax(student / temperature, dim=1)).sum(1).mean()
+    """(1/B) sum_b sum_c -softmax(teacher/T) log_softmax(student/T): no T^2, teacher not detached (spec §3).
+
+    Softmaxes in float32 whatever the autocast precision of the logits.
+    """
+    with full_precision():
+        targets = torch.softmax(teacher.float() / temperature, dim=1)
+        return -(targets * torch.log_softmax(student.float() / temperature, dim=1)).sum(1).mean()
 
 
 def reassignment_weights(teacher_up: torch.Tensor) -> torch.Tensor:
@@ -129,15 +135,17 @@ def reassignment_weights(teacher_up: torch.Tensor) -> torch.Tensor:
 
 def orthogonality_cosine(current: torch.Tensor, previous: list[torch.Tensor], eps: float = 1e-8) -> torch.Tensor:
     """The code's L_orth: mean over old tasks k of |<w_t/(|w_t|+eps), w_k/(|w_k|+eps)>| (flattened weights)."""
-    unit = current.flatten() / (current.norm() + eps)
-    olds = torch.stack([w.flatten() / (w.norm() + eps) for w in previous])
-    return (olds @ unit).abs().mean()
+    with full_precision():
+        unit = current.flatten() / (current.norm() + eps)
+        olds = torch.stack([w.flatten() / (w.norm() + eps) for w in previous])
+        return (olds @ unit).abs().mean()
 
 
 def orthogonality_eq12(current: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
     """The paper's Eq. 12 read literally: sum over old tasks i of sum_{j,k} |(U_t^T U_i)_jk| (U: per-block weights)."""
-    olds = torch.stack([w.flatten() for w in previous])
-    return (current.flatten()[None, :, None] * olds[:, None, :]).abs().sum()
+    with full_precision():
+        olds = torch.stack([w.flatten() for w in previous])
+        return (current.flatten()[None, :, None] * olds[:, None, :]).abs().sum()
 
 
 @register_method("cl_lora")
@@ -156,6 +164,7 @@ class CLLoRA(Method):
         "digits": {"epochs": 2, "lr": 0.05, "batch_size": 32, "weight_decay": 5e-4, "rank": 4,
                    "shared_blocks": 2},
     }
+    predict_variants = {"per-task passes": {"shared_trunk": False}}
     # Backbones: the harness defaults (benchmark/runner.py DEFAULT_BACKBONES) are CL-LoRA's configs: AugReg
     # in21k on CIFAR-100, ImageNet-A and VTAB, in21k -> in1k on ImageNet-R (inr.json).
 
@@ -333,29 +342,31 @@ class CLLoRA(Method):
         """One batch: a single SGD step without KD; with KD the code's two steps (or one, ``update=joint``)."""
         ce, kd, orth = self.losses(images, labels)
         main = ce if orth is None else ce + self.hparams.orth_weight * orth
+        # Backward passes and steps through benchmark/precision.py: loss-scaled (and inf-checked) under fp16.
         optimizer = self.optimizer
         optimizer.zero_grad(set_to_none=True)
         if kd is None:
-            main.backward()
-            optimizer.step()
+            precision.backward(main)
+            precision.step(optimizer)
             return main.detach()
         if self.hparams.update == "joint":
-            kd.backward(retain_graph=True)
+            precision.backward(kd, retain_graph=True)
             self._reassign_kd_gradients()
-            main.backward()
-            optimizer.step()
+            precision.backward(main)
+            precision.step(optimizer)
         else:
             # Spec §3 port: both gradients at the pre-update parameters; step 1 leaves grad-None params alone.
-            main.backward(retain_graph=True)
+            precision.backward(main, retain_graph=True)
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            stash = [p.grad for p in params]
+            stash, stash_scale = [p.grad for p in params], precision.loss_scale()
             optimizer.zero_grad(set_to_none=True)
-            kd.backward()
+            precision.backward(kd)
             self._reassign_kd_gradients()
-            optimizer.step()
+            precision.step(optimizer)
+            rescale = precision.loss_scale() / stash_scale  # fp16: step 1 may have changed the loss scale
             for param, grad in zip(params, stash):
-                param.grad = grad
-            optimizer.step()
+                param.grad = grad if grad is None or rescale == 1.0 else grad * rescale
+            precision.step(optimizer)
         return (main + kd).detach()
 
     def finish_task(self, task: Task) -> None:

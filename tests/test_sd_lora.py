@@ -395,7 +395,7 @@ def test_cli_describe_and_params(capsys):
     # ViT-B/16 shapes after 40 tasks: 368,640 LoRA + 40 magnitudes; head 769 x 5 (task) / 769 x 200 (seen)
     assert main(["params", "--methods", "sd_lora", "--bench", "imr_t40"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    numbers = next(line for line in lines if line.startswith("sd_lora")).split()[2:]
+    numbers = next(line for line in lines if line.startswith("sd_lora")).split()[2:9]  # then ckpt MB, % full
     assert numbers == ["368,680", "0.430", "3,845", "522,480", "0.609", "14,899,440", "17.366"]
     assert "(368,640) + 40 magnitudes" in next(line for line in lines if "note:" in line)
     assert "backbone size: 85,798,656" in lines[-1]

@@ -10,7 +10,8 @@ keeps fewer directions for a threshold than GPM/DualGPM on raw representations.
 Each layer's memory is one of
 - "remove": an orthonormal basis M (dim x k) of the old tasks' input space;
 - "retain": an orthonormal basis M⊥ of the space left free (used once the old space exceeds dim / 2).
-All linear algebra runs in float32 on the CPU (as the official code does), whatever device the model is on.
+All linear algebra runs in float32 on the CPU (as the official code does), whatever device the model is on and
+whatever the autocast precision of the surrounding passes (autocast is switched off around it).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from benchmark.peft.lora import LoRAQKV
+from benchmark.precision import full_precision
 
 EMPTY, REMOVE, RETAIN = 0, 1, 2
 
@@ -39,7 +41,8 @@ def input_moments(layers: Sequence[LoRAQKV], forward: Callable[[torch.Tensor], o
     def hook_for(index: int) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0].reshape(-1, dim).float()
-            sums[index].addmm_(x.T, x)
+            with full_precision():
+                sums[index].addmm_(x.T, x)
             if index == 0:
                 tokens[0] += x.shape[0]
         return hook
@@ -147,8 +150,9 @@ class DualGPM(nn.Module):
         kind = int(self.kind[layer])
         if kind == EMPTY:
             return moment
-        basis = self.basis(layer).cpu()
-        projected = basis @ (basis.T @ moment)
+        basis = self.basis(layer).cpu().float()
+        with full_precision():
+            projected = basis @ (basis.T @ moment)
         return moment - projected if kind == REMOVE else projected
 
     @torch.no_grad()
@@ -157,7 +161,7 @@ class DualGPM(nn.Module):
         for layer, moment in enumerate(moments):
             moment = moment.detach().float().cpu()
             basis, kind = self.basis(layer).cpu(), int(self.kind[layer])
-            with single_threaded():
+            with single_threaded(), full_precision():
                 if kind == EMPTY:
                     basis, kind = _first_basis(moment, threshold)
                 elif kind == REMOVE:

@@ -22,6 +22,8 @@ import torch
 from timm.utils import ModelEmaV2
 from torch import nn
 
+from benchmark.precision import full_precision
+
 SLOTS = ("q", "k", "v")
 
 
@@ -79,7 +81,8 @@ class LoRABranch(nn.Module):
         self.dim, self.rank = dim, rank
         self.targets = tuple(sorted(targets, key=SLOTS.index))
         init = DOWN_INITS[down_init]
-        self.down = nn.Parameter(torch.stack([init(rank, dim, generator) for _ in self.targets]))
+        with full_precision():  # QR/SVD inits in float32 even when a task trains under autocast
+            self.down = nn.Parameter(torch.stack([init(rank, dim, generator) for _ in self.targets]))
         self.up = nn.Parameter(torch.zeros(len(self.targets), dim, rank))
         if scale is not None and (scale.ndim != 1 or scale.numel() not in (1, 3, len(self.targets))):
             raise ValueError(f"LoRA scale must have shape (1,), (3,) or ({len(self.targets)},) for targets "
