@@ -39,14 +39,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "c
     """A per-epoch schedule, or ``None`` for a constant lr.
 
     - ``cosine``: CosineAnnealingLR(T_max=epochs, eta_min);
-    - ``coda_cosine``: the CODA-Prompt/InfLoRA ``CosineSchedule``, lr_e = base * cos(99 pi e / (200 (K - 1))) for
-      epoch e of K (base lr when K = 1); it ends near 0.016 * base, not at ``eta_min``.
+    - ``coda_cosine``: the CODA-Prompt/InfLoRA ``CosineSchedule`` as the official code runs it: epoch e (0-based)
+      of K trains at base for e = 0 and at base * cos(99 pi (e - 1) / (200 (K - 1))) for e >= 1 (base lr when
+      K = 1). The official scheduler steps once in its constructor and then resets its counter, so its first
+      ``step()`` after epoch 0 sets epoch 0 again: epochs 0 and 1 both run at base and the last runs at
+      0.097 * base for K = 20, not at ``eta_min`` (``inflora_olora.md`` "Schedule", ``prompt_baselines.md`` §5).
     """
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=eta_min)
     if name == "coda_cosine":
         def factor(epoch: int) -> float:
-            return math.cos(99 * math.pi * epoch / (200 * (epochs - 1))) if epochs > 1 else 1.0
+            if epochs <= 1 or epoch == 0:
+                return 1.0
+            return math.cos(99 * math.pi * (epoch - 1) / (200 * (epochs - 1)))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "constant":
