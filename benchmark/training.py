@@ -13,8 +13,9 @@ from typing import Callable, Iterable, Literal
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from benchmark.errors import TrainingDiverged
+from benchmark.errors import ClbenchError, TrainingDiverged
 from benchmark.method import Task
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,6 +70,21 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return loss.detach()
+
+
+def drop_last_loader(loader: DataLoader) -> DataLoader:
+    """The same loader (dataset, sampler and its generator, batch size, workers) without the last incomplete
+    batch of each epoch (CODA-P's ``drop_last=True``, PILOT ``models/coda_prompt.py:L57``).
+
+    A dataset smaller than one batch would train on nothing: that is a :class:`ClbenchError`.
+    """
+    if loader.batch_size is None or len(loader.dataset) < loader.batch_size:
+        raise ClbenchError(f"a task has {len(loader.dataset)} training images, fewer than one batch of "
+                           f"{loader.batch_size} with drop_last: lower batch_size")
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      drop_last=True, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+                      persistent_workers=loader.persistent_workers)
 
 
 def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
