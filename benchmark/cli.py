@@ -92,9 +92,11 @@ def cmd_params(args: argparse.Namespace) -> int:
         run = resolve_run(RunRequest(bench=args.bench, method=method, backbone=args.backbone,
                                      overrides=_overrides_for(method, args.set, methods)))
         report = describe_parameters(run)
-        print(f"{method:<12} {run.backbone:<44} {report['trainable_task']:>15,} {report['trainable_task_pct']:>7.3f} "
-              f"{report['head']:>9,} {report['trainable_total']:>16,} {report['trainable_total_pct']:>7.3f} "
-              f"{report['stored']:>11,} {report['stored_pct']:>7.3f}")
+        # % from the counts, not from the 4-decimal ``*_pct`` (rounding twice prints 0.0895 as 0.089)
+        pct = {key: 100 * report[key] / report["backbone"] for key in ("trainable_task", "trainable_total", "stored")}
+        print(f"{method:<12} {run.backbone:<44} {report['trainable_task']:>15,} {pct['trainable_task']:>7.3f} "
+              f"{report['head']:>9,} {report['trainable_total']:>16,} {pct['trainable_total']:>7.3f} "
+              f"{report['stored']:>11,} {pct['stored']:>7.3f}")
         if report.get("notes"):
             print(f"{'':<12} note: {report['notes']}")
     print(f"backbone size: {report['backbone']:,} parameters (percentages are of this)")
@@ -140,20 +142,22 @@ def _overrides_for(method: str, pairs: list[str] | None, methods: list[str]) -> 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train and evaluate every (benchmark, method, seed); print a summary; non-zero if a run failed."""
+    from benchmark.preflight import preflight, resolve_requests
     from benchmark.progress import RunProgress
-    from benchmark.runner import RunRequest, check_resumable, execute, resolve_device, resolve_run
+    from benchmark.runner import RunRequest, execute
 
     methods = _methods(args.methods)
     benches = _split(args.bench) or [DEFAULT_BENCH]
     seeds = _seeds(args.seeds)
-    resolve_device(args.device)
-    runs = [resolve_run(RunRequest(
+    runs = resolve_requests(RunRequest(
         bench=bench, method=method, seed=seed, backbone=args.backbone, weights=args.weights,
         device=args.device, data_root=Path(args.data_root), overrides=_overrides_for(method, args.set, methods),
-        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks))
-        for bench in benches for method in methods for seed in seeds]
-    for run in runs:
-        check_resumable(run)
+        results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks)
+        for bench in benches for method in methods for seed in seeds)
+
+    # Preflight: every run is checked before any trains; any problem exits 2 with nothing written.
+    preflight(runs)
+
     outcomes = []
     with RunProgress(quiet=args.quiet, total_runs=len(runs)) as progress:
         for run in runs:
@@ -166,35 +170,53 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- bench table / plot ----------------------------------------------------------------------------------
 def cmd_table(args: argparse.Namespace) -> int:
-    """Summary table of every stored result (methods x benchmarks, mean ± std over seeds)."""
-    from benchmark.report import failed_runs, load_results, render, summary_table, write_tables
+    """Summary table of every stored result (methods x benchmarks, mean ± std over seeds), then the runs that
+    did not finish with their reasons (also when none finished; the exit status is then 2)."""
+    from benchmark.report import failed_runs, render, summary_table, write_tables
 
-    results = load_results(Path(args.results_dir), args.bench)
     metrics = _split(args.metric) or ["avg", "last"]
     for metric in metrics:
         if metric not in ("avg", "last", "forgetting"):
             raise ClbenchError(f"--metric {metric}: valid metrics are avg, last, forgetting")
+    results = _load_reported(args)
     table = summary_table(results, metrics, with_paper=args.paper)
+    paths = []
+    if not table.empty:
+        print(render(table, args.format), end="")
+        paths = write_tables(table, Path(args.results_dir) / "tables")
+    problems = failed_runs(results)
+    if len(problems):
+        print(("\n" if paths else "") + "unfinished runs:")
+        for _, row in problems.iterrows():
+            print(f"  {row['bench']}/{row['method']}/seed{row['seed']}: {row['state']}")
+            if row["reason"]:
+                print(f"    {row['reason']}")
     if table.empty:
         raise ClbenchError(f"no finished results under {args.results_dir}" + (f" for {args.bench}" if args.bench
                                                                                else "") + "; run `bench run` first")
-    print(render(table, args.format), end="")
-    paths = write_tables(table, Path(args.results_dir) / "tables")
-    problems = failed_runs(results)
-    if len(problems):
-        print("\nunfinished runs:")
-        for _, row in problems.iterrows():
-            print(f"  {row['bench']}/{row['method']}/seed{row['seed']}: {row['state']}"
-                  + (f" ({row['reason']})" if row["reason"] else ""))
     print(f"\nwritten: {', '.join(str(path) for path in paths)}", file=sys.stderr)
     return 0
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
-    """PNG plots per benchmark under ``<results>/plots``."""
-    from benchmark.report import load_results, plot_results
+def _load_reported(args: argparse.Namespace):
+    """The stored results for ``bench table``/``plot``; a missing dir is an error, an unreadable run a warning."""
+    from benchmark.report import load_results
 
-    results = load_results(Path(args.results_dir), args.bench)
+    if not Path(args.results_dir).is_dir():
+        raise ClbenchError(f"results dir {args.results_dir} does not exist; run `bench run` first "
+                           "or pass --results-dir")
+    skipped: list[str] = []
+    results = load_results(Path(args.results_dir), args.bench, skipped=skipped)
+    for line in skipped:
+        print(f"warning: {line}", file=sys.stderr)
+    return results
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """PNG plots per benchmark under ``<results>/plots`` (nothing is created when nothing finished)."""
+    from benchmark.report import plot_results
+
+    results = _load_reported(args)
     paths = plot_results(results, Path(args.results_dir) / "plots")
     if not paths:
         raise ClbenchError(f"no finished results under {args.results_dir} to plot; run `bench run` first")
@@ -255,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="hyper-parameter override, repeatable; METHOD.KEY=VALUE for one method")
     run.add_argument("--results-dir", default=str(_default_results_dir()))
-    run.add_argument("--workers", type=int, help="data-loader workers (default: 0 on digits, else 8)")
+    run.add_argument("--workers", type=int, help="data-loader workers (default: 0 on digits, else min(8, CPUs))")
     run.add_argument("--fresh", action="store_true", help="discard stored results/checkpoints of these runs")
     run.add_argument("--max-tasks", type=int, help="stop after this many tasks (resumable later)")
     run.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")

@@ -18,13 +18,20 @@ class TaskLinearHeads(nn.Module):
         self.feature_dim = feature_dim
         self.heads = nn.ModuleList()
 
-    def add_head(self, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
+    def add_head(self, num_classes: int, generator: torch.Generator | None = None,
+                 weight_std: float | None = None) -> nn.Linear:
         """Append a head for a new task (on the device of existing heads) and return it.
 
         With ``generator``, nn.Linear's default init (weight and bias U(+-1/sqrt(dim))) is drawn from it instead
-        of the global RNG.
+        of the global RNG. With ``weight_std``, weights are N(0, weight_std²) and the bias 0 (LAE: 0.001).
         """
-        head = default_linear(self.feature_dim, num_classes, generator)
+        if weight_std is not None:
+            head = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, num_classes)
+            with torch.no_grad():
+                nn.init.normal_(head.weight, 0.0, weight_std, generator=generator)
+                head.bias.zero_()
+        else:
+            head = default_linear(self.feature_dim, num_classes, generator)
         if len(self.heads):
             head.to(self.heads[0].weight.device)
         self.heads.append(head)
@@ -80,5 +87,18 @@ def linear_head(in_features: int, num_classes: int, generator: torch.Generator |
     head = nn.Linear(in_features, num_classes)
     with torch.no_grad():
         nn.init.trunc_normal_(head.weight, std=0.02, generator=generator)
+        head.bias.zero_()
+    return head
+
+
+def kaiming_linear_head(in_features: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
+    """The single ``Linear(dim, C_total)`` head of SD-LoRA (PILOT's ``SimpleLinear``).
+
+    Weights Kaiming-uniform with the linear gain, U(+-sqrt(3 / dim)) (U(+-0.0625) at dim 768), bias zero.
+    """
+    head = torch.nn.utils.skip_init(nn.Linear, in_features, num_classes)
+    bound = (3.0 / in_features) ** 0.5
+    with torch.no_grad():
+        head.weight.copy_((torch.rand(num_classes, in_features, generator=generator) * 2 - 1) * bound)
         head.bias.zero_()
     return head

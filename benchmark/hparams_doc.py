@@ -61,4 +61,11 @@ def describe_hparams(method_class: type, family: str | None) -> str:
                                                                      else ""))
     if method_class.default_cfgs:
         lines.append("benchmark families with their own defaults: " + ", ".join(sorted(method_class.default_cfgs)))
+    own_backbones = getattr(method_class, "default_backbones", {})
+    if own_backbones:
+        if family:
+            lines.append(f"backbone ({family}): {own_backbones.get(family, 'the benchmark default')}; "
+                         "change with --backbone")
+        else:
+            lines.append("own default backbones: " + ", ".join(f"{k}: {v}" for k, v in sorted(own_backbones.items())))
     return "\n".join(lines)

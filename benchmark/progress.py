@@ -86,18 +86,21 @@ class RunProgress:
             self._monitor = None
 
     def run_done(self, outcome) -> None:
-        """Advance the runs bar; report skipped runs."""
+        """Advance the runs bar; report skipped and locked runs."""
+        request = outcome.run.request
         if outcome.state == "skipped":
-            request = outcome.run.request
             self.echo(f"skipped {request.bench}/{request.method}/seed{request.seed}: already finished "
                       "(--fresh to rerun)")
+        elif outcome.state == "locked":
+            self.echo(f"skipped {request.bench}/{request.method}/seed{request.seed}: {outcome.reason}")
         if self.progress is not None:
             self._close_monitor()
             self.progress.advance(self.runs_bar)
 
     @staticmethod
     def print_summary(outcomes) -> None:
-        """A table of every run's state, Ā, A_T, forgetting and trainable parameters."""
+        """A table of every run's state, Ā, A_T, forgetting and trainable parameters; then the reason of each
+        run that did not finish, whole, on its own lines (a table cell would cut it)."""
         table = Table(title="clbench run summary")
         for column in ("bench", "method", "seed", "state", "Ā", "A_T", "F (PILOT)", "params/task %"):
             table.add_column(column)
@@ -108,8 +111,12 @@ class RunProgress:
             def fmt(key: str) -> str:
                 return f"{metrics[key]:.2f}" if key in metrics else "–"
 
-            state = outcome.state if outcome.state != "failed" else f"failed: {outcome.reason}"
-            table.add_row(request.bench, request.method, str(request.seed), state, fmt("avg_acc"),
+            table.add_row(request.bench, request.method, str(request.seed), outcome.state, fmt("avg_acc"),
                           fmt("last_acc"), fmt("forgetting_pilot"),
                           f"{parameters['trainable_task_pct']:.3f}" if parameters else "–")
         Console(width=None if sys.stdout.isatty() else 120).print(table)
+        for outcome in outcomes:
+            if outcome.reason:
+                request = outcome.run.request
+                print(f"{outcome.state} {request.bench}/{request.method}/seed{request.seed}:\n  {outcome.reason}",
+                      flush=True)

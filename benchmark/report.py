@@ -6,36 +6,59 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.results import atomic_write_bytes, find_runs, read_json
+from benchmark.integrity import IntegrityError, read_json_file, read_status
+from benchmark.results import atomic_write_bytes, find_runs
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "data" / "paper_numbers.csv"
 METRICS = {"avg": ("avg_acc", "Ā"), "last": ("last_acc", "A_T"), "forgetting": ("forgetting_pilot", "F (PILOT)")}
 
 
-def load_results(root: Path, bench: str | None = None) -> pd.DataFrame:
-    """One row per run folder under ``root``: identity, state, summary metrics, parameters, time, curve."""
+def load_results(root: Path, bench: str | None = None, skipped: list[str] | None = None) -> pd.DataFrame:
+    """One row per run folder under ``root``: identity, state, summary metrics, parameters, time, curve.
+
+    A run that failed before its config was written is identified by its folder (``<bench>/<method>/seed<k>``).
+    A run whose status, config or metrics cannot be read is left out, with one line naming the file appended
+    to ``skipped``.
+    """
     rows = []
     for path in find_runs(root):
-        config = read_json(path / "config.json")
-        if bench and config["bench"] != bench:
+        try:
+            row = _result_row(path)
+        except IntegrityError as error:
+            if skipped is not None and (not bench or path.parent.parent.name == bench):
+                skipped.append(f"run skipped: {error}")
             continue
-        status = read_json(path / "status.json") if (path / "status.json").exists() else {"state": "unknown"}
-        row = {"bench": config["bench"], "method": config["method"], "seed": config["seed"],
-               "backbone": config["backbone"], "state": status["state"], "reason": status.get("reason"),
-               "path": str(path)}
-        if status["state"] == "finished" and (path / "metrics.json").exists():
-            metrics = read_json(path / "metrics.json")
-            parameters = metrics.get("parameters", {})
-            row.update({key: metrics.get(key) for key in (
-                "avg_acc", "last_acc", "avg_acc_unrounded", "avg_acc_task_mean", "last_acc_task_mean",
-                "forgetting_pilot", "forgetting_avalanche", "train_seconds", "eval_seconds", "peak_memory_mb")})
-            row.update({"trainable_task": parameters.get("trainable_task"),
-                        "trainable_task_pct": parameters.get("trainable_task_pct"),
-                        "trainable_total_pct": parameters.get("trainable_total_pct"),
-                        "stored": parameters.get("stored"),
-                        "curve": metrics.get("accuracy_curve_rounded")})
-        rows.append(row)
+        if not bench or row["bench"] == bench:
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _result_row(path: Path) -> dict:
+    status = read_status(path / "status.json") if (path / "status.json").exists() else {"state": "unknown"}
+    if (path / "config.json").exists():
+        config = read_json_file(path / "config.json")
+        if not all(key in config for key in ("bench", "method", "seed", "backbone")):
+            raise IntegrityError(path / "config.json", "lacks bench, method, seed or backbone")
+    else:  # failed before its config existed: the folder names the run
+        config = {"bench": path.parent.parent.name, "method": path.parent.name,
+                  "seed": int(path.name[4:]) if path.name[4:].isdigit() else path.name, "backbone": None}
+    row = {"bench": config["bench"], "method": config["method"], "seed": config["seed"],
+           "backbone": config["backbone"], "state": status["state"], "reason": status.get("reason"),
+           "path": str(path)}
+    if status["state"] == "finished":
+        if not (path / "metrics.json").exists():
+            raise IntegrityError(path / "metrics.json", "is missing although the run is finished")
+        metrics = read_json_file(path / "metrics.json")
+        parameters = metrics.get("parameters", {})
+        row.update({key: metrics.get(key) for key in (
+            "avg_acc", "last_acc", "avg_acc_unrounded", "avg_acc_task_mean", "last_acc_task_mean",
+            "forgetting_pilot", "forgetting_avalanche", "train_seconds", "eval_seconds", "peak_memory_mb")})
+        row.update({"trainable_task": parameters.get("trainable_task"),
+                    "trainable_task_pct": parameters.get("trainable_task_pct"),
+                    "trainable_total_pct": parameters.get("trainable_total_pct"),
+                    "stored": parameters.get("stored"),
+                    "curve": metrics.get("accuracy_curve_rounded")})
+    return row
 
 
 def paper_numbers() -> pd.DataFrame:
@@ -137,6 +160,8 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     finished = results[results["state"] == "finished"] if len(results) else results
+    if finished.empty:
+        return []  # nothing to plot: no folder is created
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

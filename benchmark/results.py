@@ -7,9 +7,13 @@ Layout of ``<results>/<bench>/<method>/seed<k>/``:
 - ``timing.json``: train/eval seconds and peak memory per task;
 - ``checkpoint.pt``: the method's state after the last finished task (resume), removed when the run finishes;
 - ``metrics.json``: the metrics of the finished run plus the parameter report;
-- ``log.txt``: the run's log lines.
+- ``log.txt``: the run's log lines;
+- ``.lock``: the run's lock while a process works on it (``benchmark/locking.py``).
 
-Every file is written to a temporary name in the same folder and renamed, so none is ever half-written.
+Every file is written to a temporary name in the same folder and renamed, so none is ever half-written;
+a temporary left by a killed process (``.*.tmp``) is removed at the next run of that folder. Files get the
+usual permissions (``0666`` less the umask, ``0644`` under the common umask), so a shared results dir stays
+readable. Stored files are read through :mod:`benchmark.integrity`: an unreadable one is one clear error.
 """
 from __future__ import annotations
 
@@ -17,13 +21,22 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmark.integrity import IntegrityError, read_predictions, read_status
+from benchmark.locking import LOCK_NAME
 from benchmark.metrics import Evaluation
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -31,6 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp creates 0600: teammates could not read results
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -83,21 +97,30 @@ class RunStore:
 
     # -- status -------------------------------------------------------------------------------------
     def status(self) -> dict:
-        """The stored status, or ``{"state": "new"}``."""
-        return read_json(self.status_path) if self.status_path.exists() else {"state": "new"}
+        """The stored status, or ``{"state": "new"}``; an unreadable one is an :class:`IntegrityError`."""
+        return read_status(self.status_path) if self.status_path.exists() else {"state": "new"}
 
     def write_status(self, state: str, tasks_done: int, reason: str | None = None) -> None:
-        """Record ``running``/``finished``/``failed``."""
+        """Record ``running``/``finished``/``failed``/``interrupted``."""
         payload = {"state": state, "tasks_done": tasks_done}
         if reason:
             payload["reason"] = reason
         atomic_write_json(self.status_path, payload)
 
     def clear(self) -> None:
-        """Remove every file of this run (``--fresh``)."""
+        """Remove every file of this run (``--fresh``) but its lock file, which the caller holds."""
         if self.path.exists():
             for item in sorted(self.path.rglob("*"), reverse=True):
+                if item == self.path / LOCK_NAME:
+                    continue
                 item.unlink() if item.is_file() or item.is_symlink() else item.rmdir()
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete ``.*.tmp`` files left by a killed writer (call only while holding the run's lock)."""
+        leftovers = [path for folder in (self.path, self.path / "predictions") for path in folder.glob(".*.tmp")]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
 
     # -- per-task data ------------------------------------------------------------------------------
     def save_evaluation(self, task_index: int, evaluation: Evaluation) -> None:
@@ -110,8 +133,8 @@ class RunStore:
         """The evaluations after tasks 0..tasks-1."""
         evaluations = []
         for index in range(tasks):
-            with np.load(self.prediction_path(index)) as data:
-                evaluations.append(Evaluation(labels=data["labels"], top5=data["top5"]))
+            labels, top5 = read_predictions(self.prediction_path(index))
+            evaluations.append(Evaluation(labels=labels, top5=top5))
         return evaluations
 
     def save_checkpoint(self, state: dict) -> None:
@@ -124,7 +147,16 @@ class RunStore:
         """The resume state, or None."""
         if not self.checkpoint_path.exists():
             return None
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        if not zipfile.is_zipfile(self.checkpoint_path):
+            raise IntegrityError(self.checkpoint_path, "is not a checkpoint (not a torch zip archive)")
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as error:  # truncated zip, foreign pickle, unreadable file, ...
+            raise IntegrityError(self.checkpoint_path, f"cannot be read as a checkpoint ({type(error).__name__}: "
+                                                       f"{error})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("tasks_done"), int):
+            raise IntegrityError(self.checkpoint_path, "is not a checkpoint of this harness (no tasks_done)")
+        return state
 
     def append_log(self, line: str) -> None:
         """Append one line to ``log.txt`` (append-only, so a partial line can only be the last one)."""
@@ -134,5 +166,7 @@ class RunStore:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Every run folder (holding a ``config.json``) under a results root."""
-    return sorted(path.parent for path in Path(root).glob("*/*/seed*/config.json"))
+    """Every run folder (holding a ``config.json`` or a ``status.json``: a run that failed before its config
+    was written has only the latter) under a results root."""
+    return sorted({path.parent for name in ("config.json", "status.json")
+                   for path in Path(root).glob(f"*/*/seed*/{name}")})

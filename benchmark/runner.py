@@ -3,6 +3,11 @@
 The runner owns the data: a method gets only the current task's training images (rehearsal-free) and never
 the test split; it returns logits, and the runner stores predictions from which metrics are computed. After
 each task a checkpoint lets a killed run continue; finished runs are skipped unless ``fresh``.
+
+:func:`execute` holds the run folder's lock (``benchmark/locking.py``) while it deletes (``fresh``), trains or
+records, so whichever launcher calls it gets one process per run; a run locked by another process comes back
+as a :class:`RunOutcome` in state ``locked`` whose reason names the holder. Stored state is checked
+(``benchmark/integrity.py``) before a run resumes and before its metrics are computed.
 """
 from __future__ import annotations
 
@@ -21,11 +26,14 @@ from torch.utils.data import DataLoader
 from benchmark.backbones import build_backbone, input_size
 from benchmark.config import as_dict, resolve_hparams
 from benchmark.errors import ClbenchError
+from benchmark.integrity import (IntegrityError, check_predictions, config_digest, read_json_file, read_predictions,
+                                 read_status, read_timing, stream_fingerprint)
+from benchmark.locking import RunLocked, run_lock
 from benchmark.method import Method, SilentMonitor, Task, TrainingMonitor
 from benchmark.metrics import Evaluation, compute_metrics
 from benchmark.provenance import git_commit, package_versions
 from benchmark.registry import METHODS
-from benchmark.results import RunStore, atomic_write_json, read_json
+from benchmark.results import RunStore, atomic_write_json
 from benchmark.streams import Stream, benchmark_family, build_stream, parse_benchmark
 
 DEFAULT_BACKBONES = {
@@ -91,11 +99,39 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     spec, num_tasks = parse_benchmark(request.bench)
     family = benchmark_family(request.bench)
     method_class = METHODS.get(request.method)
-    hparams = resolve_hparams(method_class.config_class, method_class.family_defaults(family), request.overrides)
+    hparams = _resolve_method_hparams(request.method, method_class, family, request.overrides)
     backbone = request.backbone or method_class.default_backbones.get(family) or DEFAULT_BACKBONES[family]
     if request.max_tasks is not None and not 1 <= request.max_tasks <= num_tasks:
         raise ClbenchError(f"--max-tasks must be between 1 and {num_tasks} for {request.bench}")
     return ResolvedRun(request, method_class, family, spec.num_classes, num_tasks, hparams, backbone)
+
+
+def _resolve_method_hparams(name: str, method_class: type[Method], family: str, overrides: dict[str, str]) -> Any:
+    """Hyper-parameters of a method; an error names the method and the ``--set`` key(s) that caused it
+    (``cl_lora: --set rank=-3: rank must be >= 1``)."""
+    defaults = method_class.family_defaults(family)
+    try:
+        return resolve_hparams(method_class.config_class, defaults, overrides)
+    except ClbenchError as error:
+        message = str(error)
+    if message.startswith("--set "):  # a parse error already names key and value
+        raise ClbenchError(f"{name}: {message}") from None
+    culprits = []
+    for key, value in overrides.items():  # which override fails on its own names the key
+        try:
+            resolve_hparams(method_class.config_class, defaults, {key: value})
+        except ClbenchError:
+            culprits.append(f"{key}={value}")
+    settings = ", ".join(culprits or [f"{key}={value}" for key, value in overrides.items()])
+    raise ClbenchError(f"{name}: --set {settings}: {message}" if settings else f"{name}: {message}") from None
+
+
+def default_workers(family: str) -> int:
+    """DataLoader workers when ``--workers`` is not given: 0 for the in-memory digits, else min(8, CPUs
+    available to this process)."""
+    from benchmark.preflight import default_workers as available_workers
+
+    return 0 if family == "digits" else available_workers()
 
 
 def build_method(run: ResolvedRun, device: torch.device, pretrained: bool = True) -> Method:
@@ -120,6 +156,8 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
         "hparams": as_dict(run.hparams),
         "overrides": dict(request.overrides),
         "stream": stream.describe(),
+        "fingerprint": {"config_sha256": config_digest(resume_fields(run)), **stream_fingerprint(
+            stream.class_order, [stream.eval_labels(index) for index in range(stream.num_tasks)])},
         "versions": package_versions(),
         "git": git_commit(),
         "command": sys.argv,
@@ -129,19 +167,76 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
 RESUME_KEYS = ("bench", "method", "seed", "backbone", "weights", "hparams")
 
 
+def resume_fields(run: ResolvedRun) -> dict[str, Any]:
+    """The config fields a stored run must share with this one to be resumed or skipped."""
+    request = run.request
+    return {"bench": request.bench, "method": request.method, "seed": request.seed, "backbone": run.backbone,
+            "weights": str(request.weights) if request.weights else None, "hparams": as_dict(run.hparams)}
+
+
 def check_resumable(run: ResolvedRun) -> None:
-    """Stored results of a different config under the same folder are an error (unless ``fresh``)."""
+    """Stored results of a different config under the same folder are an error (unless ``fresh``); a stored
+    config that does not match its own fingerprint (edited, or garbage) is an :class:`IntegrityError`."""
     store = run.store
     if run.request.fresh or not store.config_path.exists():
         return
-    stored = read_json(store.config_path)
-    current = {"bench": run.request.bench, "method": run.request.method, "seed": run.request.seed,
-               "backbone": run.backbone, "weights": str(run.request.weights) if run.request.weights else None,
-               "hparams": as_dict(run.hparams)}
+    stored = read_json_file(store.config_path)
+    fingerprint = stored.get("fingerprint")
+    if fingerprint is not None and (not isinstance(fingerprint, dict) or fingerprint.get("config_sha256")
+                                    != config_digest({key: stored.get(key) for key in RESUME_KEYS})):
+        raise IntegrityError(store.config_path, "does not match its own fingerprint (edited or damaged)")
+    current = resume_fields(run)
     changed = [key for key in RESUME_KEYS if stored.get(key) != current[key]]
     if changed:
         raise ClbenchError(f"{store.path} holds a run with a different config ({', '.join(changed)}); pass --fresh "
                            "to replace it or choose another --results-dir")
+
+
+def seen_classes(run: ResolvedRun, task_index: int) -> int:
+    """Classes seen after task ``task_index`` (every benchmark splits its classes evenly)."""
+    return run.num_classes // run.num_tasks * (task_index + 1)
+
+
+def check_stored_run(run: ResolvedRun) -> None:
+    """Everything a run has stored, checked without building its stream (the preflight's part): status,
+    config (resumable, fingerprint), timing, metrics of a finished run, and, for a run that will resume, the
+    checkpoint against the task count and each predictions file against the stored fingerprint."""
+    store = run.store
+    status = read_status(store.status_path, run.num_tasks) if store.status_path.exists() else {"state": "new"}
+    check_resumable(run)
+    if status["state"] == "finished" and store.metrics_path.exists():
+        read_json_file(store.metrics_path)
+        return
+    if store.timing_path.exists():
+        read_timing(store.timing_path)
+    checkpoint = store.load_checkpoint()
+    if checkpoint is None:
+        return  # the run starts from task 0 and rewrites every file
+    done = checkpoint["tasks_done"]
+    if not 0 <= done <= run.num_tasks:
+        raise IntegrityError(store.checkpoint_path, f"records {done} tasks done; {run.request.bench} has "
+                                                    f"{run.num_tasks}")
+    fingerprint = read_json_file(store.config_path).get("fingerprint", {}) if store.config_path.exists() else {}
+    digests = fingerprint.get("eval_labels_sha256") if isinstance(fingerprint, dict) else None
+    if digests is None:  # stored before fingerprints existed: the runner checks against the stream
+        digests = [None] * run.num_tasks
+    elif not isinstance(digests, list) or len(digests) != run.num_tasks:
+        raise IntegrityError(store.config_path, f"holds a fingerprint of {len(digests)} tasks, not "
+                                                f"{run.num_tasks}" if isinstance(digests, list) else
+                             "holds a damaged fingerprint")
+    for index in range(done):
+        path = store.prediction_path(index)
+        labels, top5 = read_predictions(path)
+        check_predictions(path, labels, top5, None, seen_classes(run, index), digests[index])
+
+
+def verify_predictions(run: ResolvedRun, store: RunStore, stream: Stream, tasks: int) -> None:
+    """Each stored predictions file of tasks 0..tasks-1 holds that task's evaluation labels, as the stream
+    says, and class ids among the seen classes: checked on resume and before metrics are computed."""
+    for index in range(tasks):
+        path = store.prediction_path(index)
+        labels, top5 = read_predictions(path)
+        check_predictions(path, labels, top5, stream.eval_labels(index), sum(stream.increments[: index + 1]))
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -180,7 +275,8 @@ class RunLog:
 
 @dataclass
 class RunOutcome:
-    """How a run ended: ``finished``, ``skipped`` (already finished), or ``failed`` with a reason."""
+    """How a run ended: ``finished``, ``partial`` (``--max-tasks``), ``skipped`` (already finished),
+    ``locked`` (another process holds the run; ``reason`` names it), or ``failed`` with a reason."""
 
     run: ResolvedRun
     state: str
@@ -193,25 +289,79 @@ MonitorFactory = Callable[[str, int], TrainingMonitor]
 
 def execute(run: ResolvedRun, monitor_factory: MonitorFactory | None = None,
             echo: Callable[[str], None] | None = print) -> RunOutcome:
-    """Train and evaluate one run task by task, resuming from its checkpoint; failures are recorded."""
-    request, store = run.request, run.store
+    """Train and evaluate one run task by task under its folder's lock, resuming from its checkpoint.
+
+    Failures are recorded (and the caller goes on with other runs); a run another process holds comes back
+    ``locked``; Ctrl-C records the run as ``interrupted`` and propagates.
+    """
+    store = run.store
+    try:
+        with run_lock(store.path):
+            return _execute_locked(run, store, monitor_factory, echo)
+    except RunLocked as error:
+        return RunOutcome(run, "locked", reason=str(error))
+    except OSError as error:  # the run folder or its lock cannot even be created (read-only or full disk)
+        return RunOutcome(run, "failed", reason=f"cannot use {store.path}: {error.strerror or error}")
+
+
+def _execute_locked(run: ResolvedRun, store: RunStore, monitor_factory: MonitorFactory | None,
+                    echo: Callable[[str], None] | None) -> RunOutcome:
+    request = run.request
     if request.fresh:
         store.clear()
-    status = store.status()
-    if status["state"] == "finished" and store.metrics_path.exists():
-        return RunOutcome(run, "skipped", metrics=read_json(store.metrics_path))
+    store.remove_temporaries()
+    try:
+        status = store.status()
+        if status["state"] == "finished" and store.metrics_path.exists():
+            return RunOutcome(run, "skipped", metrics=read_json_file(store.metrics_path))
+    except IntegrityError as error:  # left as found: the user decides (--fresh)
+        return RunOutcome(run, "failed", reason=str(error))
     log = RunLog(store, echo)
     try:
         return _train_and_evaluate(run, store, log, monitor_factory or (lambda label, total: SilentMonitor()))
+    except KeyboardInterrupt:
+        _record(run, store, log, "interrupted", "interrupted (Ctrl-C)")
+        raise
+    except IntegrityError as error:
+        reason = str(error)
+        _echo_or_log(log, f"FAILED {request.bench}/{request.method}/seed{request.seed}: {reason}")
+        return RunOutcome(run, "failed", reason=reason)
     except ClbenchError as error:
         reason = str(error)
     except Exception as error:  # recorded, and the other runs continue
         reason = f"{type(error).__name__}: {error}"
-        store.append_log(traceback.format_exc())
-    log(f"FAILED {request.bench}/{request.method}/seed{request.seed}: {reason}")
-    tasks_done = store.status().get("tasks_done", 0)
-    store.write_status("failed", tasks_done, reason)
-    return RunOutcome(run, "failed", reason=reason)
+        try:
+            store.append_log(traceback.format_exc())
+        except OSError:
+            pass  # the disk that failed the run may refuse the log too; the reason still reaches the caller
+    return RunOutcome(run, "failed", reason=_record(run, store, log, "failed", reason))
+
+
+def _echo_or_log(log: RunLog, message: str) -> bool:
+    """Log a line; when the run's folder refuses it (read-only, full), only echo it. True if written."""
+    try:
+        log(message)
+        return True
+    except OSError:
+        if log.echo is not None:
+            log.echo(message)
+        return False
+
+
+def _record(run: ResolvedRun, store: RunStore, log: RunLog, state: str, reason: str) -> str:
+    """Record a failed or interrupted run in its log and status; a disk that refuses says so in the returned
+    reason instead of raising (the recorder must survive a read-only or full disk)."""
+    request = run.request
+    _echo_or_log(log, f"{state.upper()} {request.bench}/{request.method}/seed{request.seed}: {reason}")
+    try:
+        try:
+            tasks_done = store.status().get("tasks_done", 0)
+        except IntegrityError:
+            tasks_done = 0
+        store.write_status(state, tasks_done, reason)
+    except OSError as error:
+        reason = f"{reason} (not recorded in {store.status_path}: {error.strerror or error})"
+    return reason
 
 
 def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
@@ -223,24 +373,36 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
                           seed=request.seed, profile=method.transform_profile,
                           order=run.method_class.requested_class_order(run.hparams))
     config = run_config(run, stream, device)
-    if store.config_path.exists():
-        stored_order = read_json(store.config_path)["stream"].get("class_order")
-        if stored_order != config["stream"]["class_order"]:
-            raise ClbenchError(f"{store.path} was run with another class order; pass --fresh to replace it")
+    checkpoint = store.load_checkpoint()
+    if store.config_path.exists() and checkpoint is not None:
+        check_resumable(run)
+        stored = read_json_file(store.config_path)
+        if stored.get("stream", {}).get("class_order") != config["stream"]["class_order"] or any(
+                stored.get("fingerprint", {}).get(key, config["fingerprint"][key]) != config["fingerprint"][key]
+                for key in ("class_order_sha256", "eval_labels_sha256")):
+            raise IntegrityError(store.config_path, "was run on another stream (class order or evaluation labels "
+                                                    "differ)")
     atomic_write_json(store.config_path, config)
     for warning in stream.warnings:
         log(f"warning: {warning}")
 
-    checkpoint = store.load_checkpoint()
-    timing: list[dict] = read_json(store.timing_path) if store.timing_path.exists() else []
+    timing: list[dict] = read_timing(store.timing_path) if store.timing_path.exists() else []
     start = 0
     if checkpoint is not None:
-        method.load_state_dict(checkpoint["method_state"])
         start = checkpoint["tasks_done"]
+        if not 0 <= start <= run.num_tasks:
+            raise IntegrityError(store.checkpoint_path, f"records {start} tasks done; {request.bench} has "
+                                                        f"{run.num_tasks}")
+        verify_predictions(run, store, stream, start)
+        try:
+            method.load_state_dict(checkpoint["method_state"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise IntegrityError(store.checkpoint_path, f"does not fit {request.method} "
+                                                        f"({type(error).__name__}: {error})") from None
         timing = timing[:start]
         log(f"resuming {request.bench}/{request.method}/seed{request.seed} after task {start}")
     stop = request.max_tasks or run.num_tasks
-    workers = request.workers if request.workers is not None else (0 if run.family == "digits" else 8)
+    workers = request.workers if request.workers is not None else default_workers(run.family)
     batch_size = run.hparams.batch_size
     store.write_status("running", start)
     for index in range(start, stop):
@@ -280,8 +442,10 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
             f"{partial['accuracy_curve_rounded'][-1]:.2f}  avg = {partial['avg_acc']:.2f}  "
             f"(train {train_seconds:.1f}s, eval {eval_seconds:.1f}s)")
     if stop < run.num_tasks:
+        store.write_status("partial", stop)
         log(f"stopped after task {stop} of {run.num_tasks} (--max-tasks); run again to continue")
         return RunOutcome(run, "partial")
+    verify_predictions(run, store, stream, run.num_tasks)
     metrics = compute_metrics(store.load_evaluations(run.num_tasks), stream.increments)
     metrics["parameters"] = method.parameter_report().as_dict()
     metrics["train_seconds"] = sum(entry["train_seconds"] for entry in timing)

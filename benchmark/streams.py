@@ -158,6 +158,13 @@ class Stream:
         count = int(np.searchsorted(self._sorted_labels, seen))
         return LabelledImages(self.raw.test, self.test_labels, self._eval_order[:count], self.transforms.test)
 
+    def eval_labels(self, task_index: int) -> np.ndarray:
+        """The labels of :meth:`eval_dataset` ``(task_index)`` in its order (no image is read)."""
+        if not 0 <= task_index < self.num_tasks:
+            raise IndexError(f"task {task_index} outside 0..{self.num_tasks - 1}")
+        seen = sum(self.increments[: task_index + 1])
+        return self._sorted_labels[: int(np.searchsorted(self._sorted_labels, seen))]
+
     def describe(self) -> dict[str, Any]:
         """JSON-friendly record of how the stream was built (saved next to every result)."""
         return {

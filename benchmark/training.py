@@ -9,7 +9,7 @@ epoch and stops with :class:`TrainingDiverged` on a NaN or infinite loss.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -35,8 +35,10 @@ def build_optimizer(parameters: Iterable[nn.Parameter], name: Literal["sgd", "ad
     raise ValueError(f"unknown optimizer '{name}' (sgd, adam, adamw)")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "coda_cosine", "constant"],
-                    epochs: int, eta_min: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler | None:
+def build_scheduler(optimizer: torch.optim.Optimizer,
+                    name: Literal["cosine", "coda_cosine", "constant", "multistep"], epochs: int,
+                    eta_min: float = 0.0, milestones: Sequence[int] = (),
+                    gamma: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-epoch schedule, or ``None`` for a constant lr.
 
     - ``cosine``: CosineAnnealingLR(T_max=epochs, eta_min);
@@ -44,7 +46,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "c
       of K trains at base for e = 0 and at base * cos(99 pi (e - 1) / (200 (K - 1))) for e >= 1 (base lr when
       K = 1). The official scheduler steps once in its constructor and then resets its counter, so its first
       ``step()`` after epoch 0 sets epoch 0 again: epochs 0 and 1 both run at base and the last runs at
-      0.097 * base for K = 20, not at ``eta_min`` (``inflora_olora.md`` "Schedule", ``prompt_baselines.md`` §5).
+      0.097 * base for K = 20, not at ``eta_min`` (``inflora_olora.md`` "Schedule", ``prompt_baselines.md`` §5);
+    - ``multistep``: MultiStepLR(milestones, gamma), the lr times ``gamma`` at each milestone epoch (SD-LoRA).
     """
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=eta_min)
@@ -55,9 +58,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: Literal["cosine", "c
             return math.cos(99 * math.pi * (epoch - 1) / (200 * (epochs - 1)))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     if name == "constant":
         return None
-    raise ValueError(f"unknown schedule '{name}' (cosine, coda_cosine, constant)")
+    raise ValueError(f"unknown schedule '{name}' (cosine, coda_cosine, constant, multistep)")
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
@@ -89,12 +94,18 @@ def drop_last_loader(loader: DataLoader) -> DataLoader:
 
 def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-               loader: Iterable | None = None) -> list[float]:
-    """Train for ``epochs`` over ``loader`` (default: the task's train loader); returns mean loss per epoch."""
+               loader: Iterable | None = None,
+               on_epoch_start: Callable[[int], None] | None = None) -> list[float]:
+    """Train for ``epochs`` over ``loader`` (default: the task's train loader); returns mean loss per epoch.
+
+    ``on_epoch_start(epoch)`` runs before each epoch's first batch (e.g. LAE's freeze phase).
+    """
     loader = task.train_loader if loader is None else loader
     task.monitor.start_epochs(epochs, len(loader))
     epoch_losses = []
     for epoch in range(epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         total = torch.zeros((), device=device)
         batches = 0
         for images, labels in loader:
@@ -113,3 +124,12 @@ def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
         epoch_losses.append(mean)
         task.monitor.end_epoch(epoch, mean)
     return epoch_losses
+
+
+def drop_last_loader(loader: DataLoader) -> DataLoader:
+    """The same shuffled loader (dataset, batch size, sampler generator, workers) without the last partial batch.
+
+    For methods whose official loaders use ``drop_last`` (LAE); the shuffle order is the one ``loader`` would give.
+    """
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, drop_last=True,
+                      generator=loader.generator, num_workers=loader.num_workers, pin_memory=loader.pin_memory)

@@ -155,14 +155,15 @@ def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
     assert "imagenet-r" in error and "imagenet-r.zip" in error and "Traceback" not in error
 
 
-def test_corrupt_image_fails_the_run_with_the_file_name(tmp_path, capsys):
+def test_corrupt_image_is_named_before_any_run_starts(tmp_path, capsys, monkeypatch):
     from fabricate import corrupt_file, write_dataset
 
-    root = write_dataset(tmp_path / "data", "vtab", train_per_class=1, test_per_class=1)
+    monkeypatch.setenv("CLBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    write_dataset(tmp_path / "data", "vtab", train_per_class=1, test_per_class=1)
     victim = sorted((tmp_path / "data" / "vtab" / "train" / "0").iterdir())[0]
     corrupt_file(victim)
     code = bench("run", "--methods", "simplecil", "--bench", "vtab_t5", "--backbone", "vit_tiny_random",
                  "--data-root", tmp_path / "data", "--results-dir", tmp_path / "results", "--quiet", "--workers", "0")
-    assert code == 1
-    status = json.loads((tmp_path / "results" / "vtab_t5" / "simplecil" / "seed1993" / "status.json").read_text())
-    assert status["state"] == "failed" and victim.name in status["reason"]
+    assert code == 2  # preflight (tests/test_preflight.py): nothing was run or written
+    assert f"{victim}: not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

@@ -51,7 +51,8 @@ def test_method_contract(name):
     assert report.backbone == backbone_size(make_tiny_vit(0))
     assert min(report.trainable_task, report.head, report.trainable_total, report.stored) >= 0
     if not getattr(method, "trains_backbone", False):
-        current = {key.replace(".qkv.qkv.", ".qkv.").replace(".attn.attn.", ".attn."): value
+        current = {key.replace(".qkv.qkv.", ".qkv.").replace(".attn.attn.", ".attn.")
+                   .replace(".mlp.norm.", ".norm2.").replace(".mlp.mlp.", ".mlp."): value
                    for key, value in method.backbone.state_dict().items()}
         for key, value in pretrained.items():
             assert torch.equal(current[key], value), f"{name} changed pretrained tensor {key}"

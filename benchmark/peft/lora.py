@@ -19,6 +19,7 @@ import math
 from typing import Callable, Sequence
 
 import torch
+from timm.utils import ModelEmaV2
 from torch import nn
 
 SLOTS = ("q", "k", "v")
@@ -61,9 +62,12 @@ DOWN_INITS: dict[str, Callable[..., torch.Tensor]] = {
 class LoRABranch(nn.Module):
     """One low-rank update per targeted slot: ``down`` (M, r, dim), ``up`` (M, dim, r), M = len(targets).
 
-    ``scale`` is an optional (3,) tensor indexed by slot (q, k, v) that multiplies the slot's delta
-    (CL-LoRA's block weights), or a (1,) tensor shared by every slot (the CL-LoRA paper's one weight per
-    block); ``None`` means 1. Untargeted slots get no delta.
+    ``scale`` (a learnable parameter when given; ``None`` means 1) multiplies each slot's delta. Its shape says
+    how it is read:
+    - (M,): one factor per target, in slot order (LAE's learnable k and v scalars: 2 per block, no q entry);
+    - (3,): indexed by slot (q, k, v) whatever the targets (CL-LoRA's block weights, untargeted entries inert);
+    - (1,): one factor shared by every slot (the CL-LoRA paper's one weight per block).
+    For M = 1 or M = 3 the readings coincide. Untargeted slots get no delta.
     """
 
     def __init__(self, dim: int, rank: int, targets: Sequence[str] = ("q", "v"), down_init: str = "qr_uniform",
@@ -77,7 +81,16 @@ class LoRABranch(nn.Module):
         init = DOWN_INITS[down_init]
         self.down = nn.Parameter(torch.stack([init(rank, dim, generator) for _ in self.targets]))
         self.up = nn.Parameter(torch.zeros(len(self.targets), dim, rank))
+        if scale is not None and (scale.ndim != 1 or scale.numel() not in (1, 3, len(self.targets))):
+            raise ValueError(f"LoRA scale must have shape (1,), (3,) or ({len(self.targets)},) for targets "
+                             f"{self.targets}, got {tuple(scale.shape)}")
         self.scale = nn.Parameter(scale) if isinstance(scale, torch.Tensor) else scale
+
+    def target_scales(self) -> torch.Tensor | None:
+        """The factor of each target, shape (M,) (or (1,) when shared by every slot); ``None`` without scale."""
+        if self.scale is None or self.scale.numel() in (1, len(self.targets)):
+            return self.scale
+        return self.scale[[SLOTS.index(t) for t in self.targets]]
 
     def slot_deltas(self, x: torch.Tensor, per_slot: bool = False) -> torch.Tensor:
         """Per-target deltas, shape (..., M, dim), scales applied.
@@ -91,8 +104,8 @@ class LoRABranch(nn.Module):
         else:
             hidden = torch.einsum("...d,mrd->...mr", x, self.down)
         delta = torch.einsum("...mr,mdr->...md", hidden, self.up)
-        if self.scale is not None:
-            scale = self.scale if self.scale.numel() == 1 else self.scale[[SLOTS.index(t) for t in self.targets]]
+        scale = self.target_scales()
+        if scale is not None:
             delta = delta * scale.unsqueeze(-1)
         return delta
 
@@ -121,10 +134,11 @@ class LoRABranch(nn.Module):
     def weight_delta(self) -> torch.Tensor:
         """The (3*dim, dim) matrix this branch adds to the qkv weight (for merging frozen branches)."""
         full = self.down.new_zeros(3 * self.dim, self.dim)
+        scale = self.target_scales()
         for m, slot in enumerate(self.targets):
             matrix = self.up[m] @ self.down[m]
-            if self.scale is not None:
-                matrix = matrix * (self.scale if self.scale.numel() == 1 else self.scale[SLOTS.index(slot)])
+            if scale is not None:
+                matrix = matrix * scale[m if scale.numel() > 1 else 0]
             row = SLOTS.index(slot) * self.dim
             full[row:row + self.dim] = matrix
         return full
@@ -222,3 +236,37 @@ def attach_lora(vit: nn.Module, block_indices: Sequence[int] | None = None) -> l
             attn.qkv = LoRAQKV(attn.qkv)
         wrappers.append(attn.qkv)
     return wrappers
+
+
+class BranchEMA:
+    """Offline copies of one branch per wrapper, kept as an exponential moving average of the online ones.
+
+    LAE's offline PET: at creation, each wrapper gets a frozen exact copy of its branch ``source`` appended (so it
+    can be selected with ``active``/``per_chunk`` like any branch, and is saved with the wrapper); :meth:`update`,
+    called after every optimiser step, sets every copied tensor (down, up, scale) to
+    ``decay * offline + (1 - decay) * online`` in place. The rule and its rounding are timm's ``ModelEmaV2``,
+    which the official LAE code uses; this object only holds references (nothing of it is saved).
+    """
+
+    def __init__(self, wrappers: Sequence[LoRAQKV], source: int, decay: float) -> None:
+        self.online = nn.ModuleList(wrapper.branches[source] for wrapper in wrappers)
+        self._ema = ModelEmaV2(self.online, decay=decay)
+        self._ema.module.requires_grad_(False)
+        for wrapper, copy in zip(wrappers, self._ema.module):
+            wrapper.branches.append(copy)
+        self.index = len(wrappers[0].branches) - 1 if wrappers else 0
+        """Position of the offline copies in every wrapper's ``branches``."""
+
+    @property
+    def decay(self) -> float:
+        """The EMA decay."""
+        return self._ema.decay
+
+    @property
+    def offline(self) -> list[LoRABranch]:
+        """The offline copies, one per wrapper."""
+        return list(self._ema.module)
+
+    def update(self) -> None:
+        """One EMA step of every offline tensor towards its online tensor."""
+        self._ema.update(self.online)
