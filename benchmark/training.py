@@ -79,7 +79,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
 
 def drop_last_loader(loader: DataLoader) -> DataLoader:
     """The same loader (dataset, sampler and its generator, batch size, workers) without the last incomplete
-    batch of each epoch (CODA-P's ``drop_last=True``, PILOT ``models/coda_prompt.py:L57``).
+    batch of each epoch, for methods whose official loaders use ``drop_last`` (CODA-P, PILOT
+    ``models/coda_prompt.py:L57``; LAE); the shuffle order is the one ``loader`` would give.
 
     A dataset smaller than one batch would train on nothing: that is a :class:`ClbenchError`.
     """
@@ -124,12 +125,3 @@ def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
         epoch_losses.append(mean)
         task.monitor.end_epoch(epoch, mean)
     return epoch_losses
-
-
-def drop_last_loader(loader: DataLoader) -> DataLoader:
-    """The same shuffled loader (dataset, batch size, sampler generator, workers) without the last partial batch.
-
-    For methods whose official loaders use ``drop_last`` (LAE); the shuffle order is the one ``loader`` would give.
-    """
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, drop_last=True,
-                      generator=loader.generator, num_workers=loader.num_workers, pin_memory=loader.pin_memory)
