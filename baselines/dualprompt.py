@@ -28,7 +28,7 @@ from benchmark.errors import ClbenchError
 from benchmark.method import ParameterReport, Task, count_parameters
 from benchmark.peft.prefix import attach_prefix, official_prefix_order, prefixes_set
 from benchmark.peft.prompts import PromptPool, Selection, frozen_query
-from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
+from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _INR = {"epochs": 10, "batch_size": 24, "lr": 0.001}
 
 
 @dataclass
-class DualPromptConfig(PromptLearnerConfig):
+class DualPromptConfig(KeyMatchingConfig):
     """DualPrompt hyper-parameters; class defaults are PILOT ``exps/dualprompt.json`` (CIFAR-100)."""
 
     batch_size: int = 24
@@ -74,7 +74,7 @@ class DualPromptConfig(PromptLearnerConfig):
 
 
 @register_method("dualprompt")
-class DualPrompt(PromptLearner):
+class DualPrompt(KeyMatchingLearner):
     """G-prompt + E-prompt pool by prefix tuning, key matching (top-1), task-masked head on a frozen ViT."""
 
     config_class = DualPromptConfig

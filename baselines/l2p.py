@@ -18,7 +18,7 @@ import torch
 from benchmark.backbones import run_blocks
 from benchmark.method import ParameterReport, count_parameters
 from benchmark.peft.prompts import PromptPool, Selection, embed_with_prompts, frozen_query
-from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
+from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
 
 PILOT_BACKBONE = "vit_base_patch16_224.augreg_in21k_ft_in1k"
@@ -26,7 +26,7 @@ _INR = {"epochs": 10, "batch_size": 32, "lr": 0.001875}
 
 
 @dataclass
-class L2PConfig(PromptLearnerConfig):
+class L2PConfig(KeyMatchingConfig):
     """L2P hyper-parameters; class defaults are PILOT ``exps/l2p.json`` (CIFAR-100)."""
 
     batch_size: int = 16
@@ -42,7 +42,7 @@ class L2PConfig(PromptLearnerConfig):
 
 
 @register_method("l2p")
-class L2P(PromptLearner):
+class L2P(KeyMatchingLearner):
     """Prompt pool + key matching + input prompts + task-masked head on a frozen ViT."""
 
     config_class = L2PConfig

@@ -7,8 +7,9 @@ from InfLoRA's harness, so differences between the two methods come from the met
 
 - **From O-LoRA's code**: a new LoRA per task on q and v of every block's qkv (T5 ``q``/``v``, LLaMA
   ``q_proj``/``v_proj``; ``targets=k;v`` matches InfLoRA's placement), rank 8, α = 32 (scale 4 for old and new
-  branches), A Kaiming-uniform (a = √5) and B zero; dropout 0.1 on the adapters' input in training, one mask
-  shared by the old and the new branches; A_t and B_t train, older A and B are frozen and kept.
+  branches), A Kaiming-uniform (a = √5) and B zero; dropout 0.1 on the adapters' input in training, one dropout
+  per adapted projection as the code has one per adapted linear (q and v draw independent masks), each mask
+  shared by that projection's old and new branches; A_t and B_t train, older A and B are frozen and kept.
   Loss = CE + λ1·Σ_blocks Σ_{q,v} Σ_{s<t} Σ_entries |A_s A_tᵀ| + λ2·Σ(‖A_t‖_F + ‖B_t‖_F), with λ1 = 0.5, λ2 = 0:
   sums (not means), the absolute-value orthogonality term of the code (the paper squares it), unsquared norms.
 - **From InfLoRA's harness**: frozen ViT, one Linear head per task with local CE, argmax over all heads'

@@ -1,6 +1,8 @@
 """Linear classification heads shared by methods: per-task heads and a task-masked single head."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -28,14 +30,8 @@ class TaskLinearHeads(nn.Module):
             with torch.no_grad():
                 nn.init.normal_(head.weight, 0.0, weight_std, generator=generator)
                 head.bias.zero_()
-        elif generator is None:
-            head = nn.Linear(self.feature_dim, num_classes)
         else:
-            head = torch.nn.utils.skip_init(nn.Linear, self.feature_dim, num_classes)
-            bound = 1.0 / self.feature_dim ** 0.5
-            with torch.no_grad():
-                head.weight.copy_((torch.rand(num_classes, self.feature_dim, generator=generator) * 2 - 1) * bound)
-                head.bias.copy_((torch.rand(num_classes, generator=generator) * 2 - 1) * bound)
+            head = default_linear(self.feature_dim, num_classes, generator)
         if len(self.heads):
             head.to(self.heads[0].weight.device)
         self.heads.append(head)
@@ -63,11 +59,31 @@ def mask_to_current_task(logits: torch.Tensor, known_classes: int, seen_classes:
     return logits
 
 
-def linear_head(in_features: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
-    """The single ``Linear(dim, C_total)`` head of L2P, DualPrompt and CODA-P (PILOT's ViT head init).
+def default_linear(in_features: int, out_features: int, generator: torch.Generator | None = None) -> nn.Linear:
+    """``nn.Linear`` with PyTorch's default init (weight and bias U(+-1/sqrt(in_features))), drawn from
+    ``generator`` when given instead of the global RNG."""
+    if generator is None:
+        return nn.Linear(in_features, out_features)
+    layer = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
+    bound = 1.0 / in_features ** 0.5
+    with torch.no_grad():
+        layer.weight.copy_((torch.rand(out_features, in_features, generator=generator) * 2 - 1) * bound)
+        layer.bias.copy_((torch.rand(out_features, generator=generator) * 2 - 1) * bound)
+    return layer
 
-    Weights trunc-normal with std 0.02, bias zero; training masks it with :func:`mask_to_current_task`.
+
+def linear_head(in_features: int, num_classes: int, generator: torch.Generator | None = None,
+                init: Literal["trunc_normal", "pytorch"] = "trunc_normal") -> nn.Linear:
+    """The single ``Linear(dim, C_total)`` head of L2P, DualPrompt and CODA-P; training masks it with
+    :func:`mask_to_current_task`.
+
+    ``trunc_normal``: PILOT's ViT head of L2P and DualPrompt, weights trunc-normal with std 0.02, bias zero;
+    ``pytorch``: ``nn.Linear``'s default init (CODA-P's ``fc``, PILOT ``utils/inc_net.py:L616-641``).
     """
+    if init == "pytorch":
+        return default_linear(in_features, num_classes, generator)
+    if init != "trunc_normal":
+        raise ValueError(f"unknown head init '{init}' (trunc_normal, pytorch)")
     head = nn.Linear(in_features, num_classes)
     with torch.no_grad():
         nn.init.trunc_normal_(head.weight, std=0.02, generator=generator)

@@ -178,6 +178,13 @@ class Method(nn.Module, metaclass=ABCMeta):
         self.task_sizes: list[int] = []
 
     @classmethod
+    def requested_class_order(cls, hparams: MethodConfig) -> str:
+        """The class order this method asks the stream for (the runner reads it when it builds the stream):
+        ``protocol``, the benchmark's own rule (``data_protocol.md`` §4), or ``identity`` (e.g. CODA-P's default).
+        The order used is recorded in the run's config."""
+        return "protocol"
+
+    @classmethod
     def family_defaults(cls, family: str) -> dict[str, Any]:
         """Hyper-parameter defaults for a benchmark family (``default`` when the family has none)."""
         return dict(cls.default_cfgs.get(family, cls.default_cfgs.get("default", {})))

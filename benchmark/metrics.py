@@ -10,6 +10,10 @@ Definitions follow ``data_protocol.md`` ("Metrics"): tasks t = 1..T, groups = th
   matrix (the per-task mean that some other harnesses report; differs when task test sets differ in size);
 - ``forgetting_pilot``: mean over j < T of (max_{i >= j} acc[i][j] - acc[T][j]) on the rounded matrix, in points;
 - ``forgetting_avalanche``: mean over j < T of (acc[j][j] - acc[T][j]), rounded matrix, as a fraction in [0, 1].
+
+Every accuracy is computed from integer counts as ``correct * 100 / n`` (:func:`accuracy_percent`), the official
+toolkit's order of operations: ``100 * (correct / n)`` rounds the other way at exact .xx5 ties (109 of 800 gives
+13.625 exactly, which rounds to 13.62, but 13.625000000000002, which rounds to 13.63).
 """
 from __future__ import annotations
 
@@ -31,6 +35,14 @@ class Evaluation:
         return self.top5[:, 0]
 
 
+def accuracy_percent(correct: int | np.ndarray, total: int | np.ndarray) -> float | np.ndarray:
+    """Top-1 % from integer counts, ``correct * 100 / total`` (the official order of operations); NaN for 0."""
+    correct, total = np.asarray(correct, dtype=np.int64), np.asarray(total, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = np.where(total > 0, correct * 100 / np.maximum(total, 1), np.nan)
+    return float(result) if result.ndim == 0 else result
+
+
 def task_of_labels(labels: np.ndarray, increments: list[int]) -> np.ndarray:
     """Task index (0-based) of each global label, given classes per task."""
     boundaries = np.cumsum(increments)
@@ -40,12 +52,10 @@ def task_of_labels(labels: np.ndarray, increments: list[int]) -> np.ndarray:
 def accuracy_row(evaluation: Evaluation, increments: list[int], task_index: int) -> np.ndarray:
     """Top-1 % per task group 0..task_index after training ``task_index`` (vectorised over samples)."""
     groups = task_of_labels(evaluation.labels, increments)
-    correct = (evaluation.top1 == evaluation.labels).astype(np.float64)
     n_groups = task_index + 1
-    hits = np.bincount(groups, weights=correct, minlength=n_groups)[:n_groups]
+    hits = np.bincount(groups[evaluation.top1 == evaluation.labels], minlength=n_groups)[:n_groups]
     counts = np.bincount(groups, minlength=n_groups)[:n_groups]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, 100.0 * hits / np.maximum(counts, 1), np.nan)
+    return accuracy_percent(hits, counts)
 
 
 def compute_metrics(evaluations: list[Evaluation], increments: list[int]) -> dict:
@@ -55,8 +65,10 @@ def compute_metrics(evaluations: list[Evaluation], increments: list[int]) -> dic
     curve, top5_curve = [], []
     for i, evaluation in enumerate(evaluations):
         matrix[i, : i + 1] = accuracy_row(evaluation, increments, i)
-        curve.append(100.0 * float(np.mean(evaluation.top1 == evaluation.labels)))
-        top5_curve.append(100.0 * float(np.mean((evaluation.top5 == evaluation.labels[:, None]).any(axis=1))))
+        total = len(evaluation.labels)
+        curve.append(accuracy_percent(int(np.sum(evaluation.top1 == evaluation.labels)), total))
+        top5_curve.append(accuracy_percent(int(np.sum((evaluation.top5 == evaluation.labels[:, None]).any(axis=1))),
+                                           total))
     rounded_matrix = np.around(matrix, 2)
     rounded_curve = [float(np.around(value, 2)) for value in curve]
     row_means = [float(np.nanmean(matrix[i, : i + 1])) for i in range(steps)]

@@ -30,6 +30,7 @@ from torch import nn
 
 from benchmark.backbones import DIGITS_WEIGHTS, tiny_vit
 from benchmark.classifiers import class_means
+from benchmark.metrics import accuracy_percent
 
 SIZE = 32
 PIXEL = 2.0 / SIZE  # one pixel in the [-1, 1] coordinates the shapes are drawn in
@@ -307,9 +308,9 @@ def pretrain(steps: int, batch_size: int, lr: float, seed: int = SEED, log: Call
         optimizer.step()
         schedule.step()
         if (step + 1) % max(steps // 10, 1) == 0:
-            accuracy = (logits.argmax(1) == labels).float().mean().item()
+            accuracy = accuracy_percent(int((logits.argmax(1) == labels).sum()), len(labels))
             log(f"step {step + 1}/{steps}: shape loss {shape_loss.item():.3f} (batch accuracy "
-                f"{100 * accuracy:.1f}%), layout loss {layout_loss.item():.4f}, {time.perf_counter() - began:.0f}s")
+                f"{accuracy:.1f}%), layout loss {layout_loss.item():.4f}, {time.perf_counter() - began:.0f}s")
     return backbone.eval()
 
 
@@ -323,7 +324,7 @@ def digits_ncm_accuracy(backbone: nn.Module) -> float:
     train_features = backbone(as_tensor(raw.train.images))
     means = class_means(train_features, torch.as_tensor(raw.train.targets), list(range(10)))
     scores = F.normalize(backbone(as_tensor(raw.test.images)), dim=-1) @ F.normalize(means, dim=-1).T
-    return 100.0 * (scores.argmax(1) == torch.as_tensor(raw.test.targets)).float().mean().item()
+    return accuracy_percent(int((scores.argmax(1) == torch.as_tensor(raw.test.targets)).sum()), len(raw.test.targets))
 
 
 def save_backbone(backbone: nn.Module, path: Path) -> None:

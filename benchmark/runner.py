@@ -401,7 +401,8 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
     device = resolve_device(request.device)
     method = build_method(run, device)
     stream = build_stream(request.bench, request.data_root, image_size=input_size(method.backbone),
-                          seed=request.seed, profile=method.transform_profile)
+                          seed=request.seed, profile=method.transform_profile,
+                          order=run.method_class.requested_class_order(run.hparams))
     config = run_config(run, stream, device)
     checkpoint = store.load_checkpoint()
     if store.config_path.exists() and checkpoint is not None:

@@ -29,6 +29,7 @@ from benchmark.transforms import TransformPair, check_options
 DEFAULT_DATA_ROOT = "./data"
 DATA_ROOT_ENV = "CLBENCH_DATA_ROOT"
 DEFAULT_SEED = 1993
+CLASS_ORDERS = ("protocol", "identity")
 _NAME = re.compile(r"^(?P<dataset>[A-Za-z0-9]+)_t(?P<tasks>\d+)$")
 
 
@@ -126,6 +127,8 @@ class Stream:
     raw: RawData
     test_labels: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    requested_order: str = "protocol"
+    """``protocol`` (the dataset's rule) or ``identity`` (asked for by the method)."""
 
     def __post_init__(self) -> None:
         self._eval_order = np.argsort(self.test_labels, kind="stable")
@@ -171,7 +174,8 @@ class Stream:
             "num_classes": self.num_classes,
             "num_tasks": self.num_tasks,
             "seed": self.seed,
-            "shuffle": self.spec.shuffle,
+            "shuffle": self.spec.shuffle and self.requested_order == "protocol",
+            "requested_order": self.requested_order,
             "class_order": list(self.class_order),
             "increments": list(self.increments),
             "transform_profile": self.transforms.profile,
@@ -191,25 +195,28 @@ class Stream:
 
 
 def build_stream(name: str, data_root: str | Path | None = None, image_size: int = 224, seed: int = DEFAULT_SEED,
-                 normalize: str = "none", profile: str = "default") -> Stream:
+                 normalize: str = "none", profile: str = "default", order: str = "protocol") -> Stream:
     """Load, validate and split benchmark ``name`` (e.g. ``imr_t40``) under ``data_root`` (default:
     :func:`default_data_root`; unused by ``digits``). ``profile``: ``default`` or ``coda``; ``normalize``:
-    ``none``, ``half`` or ``imagenet``; ``image_size``: the backbone's input size (224 = the spec)."""
+    ``none``, ``half`` or ``imagenet``; ``image_size``: the backbone's input size (224 = the spec); ``order``:
+    ``protocol`` (the dataset's class-order rule) or ``identity`` (a method's request, e.g. CODA-P's)."""
     spec, num_tasks = parse_benchmark(name)
     check_options(profile, normalize)
+    if order not in CLASS_ORDERS:
+        raise ClbenchError(f"unknown class order '{order}'; valid: {', '.join(CLASS_ORDERS)}")
     transforms = spec.transforms(profile, image_size, normalize)
     root = Path(data_root) if data_root is not None else default_data_root()
     raw = spec.load(root)
-    order = class_order(spec.num_classes, spec.shuffle, seed)
+    order_list = class_order(spec.num_classes, spec.shuffle and order == "protocol", seed)
     new_label = np.empty(spec.num_classes, dtype=np.int64)
-    new_label[order] = np.arange(spec.num_classes)
+    new_label[order_list] = np.arange(spec.num_classes)
     train_labels, test_labels = new_label[raw.train.targets], new_label[raw.test.targets]
     increments = [spec.num_classes // num_tasks] * num_tasks
-    tasks = _avalanche_tasks(raw, train_labels, test_labels, increments, transforms, order)
-    return Stream(name=name, spec=spec, seed=seed, class_order=order, increments=increments, tasks=tasks,
+    tasks = _avalanche_tasks(raw, train_labels, test_labels, increments, transforms, order_list)
+    return Stream(name=name, spec=spec, seed=seed, class_order=order_list, increments=increments, tasks=tasks,
                   transforms=transforms, requested_profile=profile, normalize=normalize, image_size=image_size,
                   data_root=root if spec.needs_data_root else None, raw=raw, test_labels=test_labels,
-                  warnings=list(raw.warnings))
+                  warnings=list(raw.warnings), requested_order=order)
 
 
 def _import_avalanche():

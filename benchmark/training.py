@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark import precision
-from benchmark.errors import TrainingDiverged
+from benchmark.errors import ClbenchError, TrainingDiverged
 from benchmark.method import Task
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,15 +43,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer,
     """A per-epoch schedule, or ``None`` for a constant lr.
 
     - ``cosine``: CosineAnnealingLR(T_max=epochs, eta_min);
-    - ``coda_cosine``: the CODA-Prompt/InfLoRA ``CosineSchedule``, lr_e = base * cos(99 pi e / (200 (K - 1))) for
-      epoch e of K (base lr when K = 1); it ends near 0.016 * base, not at ``eta_min``;
+    - ``coda_cosine``: the CODA-Prompt/InfLoRA ``CosineSchedule`` as the official code runs it: epoch e (0-based)
+      of K trains at base for e = 0 and at base * cos(99 pi (e - 1) / (200 (K - 1))) for e >= 1 (base lr when
+      K = 1). The official scheduler steps once in its constructor and then resets its counter, so its first
+      ``step()`` after epoch 0 sets epoch 0 again: epochs 0 and 1 both run at base and the last runs at
+      0.097 * base for K = 20, not at ``eta_min`` (``inflora_olora.md`` "Schedule", ``prompt_baselines.md`` §5);
     - ``multistep``: MultiStepLR(milestones, gamma), the lr times ``gamma`` at each milestone epoch (SD-LoRA).
     """
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=eta_min)
     if name == "coda_cosine":
         def factor(epoch: int) -> float:
-            return math.cos(99 * math.pi * epoch / (200 * (epochs - 1))) if epochs > 1 else 1.0
+            if epochs <= 1 or epoch == 0:
+                return 1.0
+            return math.cos(99 * math.pi * (epoch - 1) / (200 * (epochs - 1)))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "multistep":
@@ -68,6 +73,22 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
     precision.backward(loss)  # loss-scaled under fp16 (benchmark/precision.py)
     precision.step(optimizer, grad_clip)
     return loss.detach()
+
+
+def drop_last_loader(loader: DataLoader) -> DataLoader:
+    """The same loader (dataset, sampler and its generator, batch size, workers) without the last incomplete
+    batch of each epoch, for methods whose official loaders use ``drop_last`` (CODA-P, PILOT
+    ``models/coda_prompt.py:L57``; LAE); the shuffle order is the one ``loader`` would give.
+
+    A dataset smaller than one batch would train on nothing: that is a :class:`ClbenchError`.
+    """
+    if loader.batch_size is None or len(loader.dataset) < loader.batch_size:
+        raise ClbenchError(f"a task has {len(loader.dataset)} training images, fewer than one batch of "
+                           f"{loader.batch_size} with drop_last: lower batch_size")
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      drop_last=True, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+                      persistent_workers=loader.persistent_workers)
 
 
 def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
@@ -102,12 +123,3 @@ def run_epochs(task: Task, epochs: int, step: StepFn, device: torch.device,
         epoch_losses.append(mean)
         task.monitor.end_epoch(epoch, mean)
     return epoch_losses
-
-
-def drop_last_loader(loader: DataLoader) -> DataLoader:
-    """The same shuffled loader (dataset, batch size, sampler generator, workers) without the last partial batch.
-
-    For methods whose official loaders use ``drop_last`` (LAE); the shuffle order is the one ``loader`` would give.
-    """
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, drop_last=True,
-                      generator=loader.generator, num_workers=loader.num_workers, pin_memory=loader.pin_memory)

@@ -1,17 +1,18 @@
-"""InfLoRA against hand computations from ``inflora_olora.md`` §2 (complements ``test_lora_baselines.py``):
-the DualGPM update step by step on spectra we control, the σ⁴ energy convention, the design of A from
-independently collected input moments, what trains, the CODA cosine schedule and the stored-parameter count."""
+"""InfLoRA against hand computations from ``inflora_olora.md`` §2: the DualGPM update step by step on spectra we
+control, the threshold schedule, the σ⁴ energy convention, the design of A (in the space the memory leaves free,
+the top subspace of independently collected input moments, official row scale), what trains, and the ViT-B/16
+counts. The learner it shares with O-LoRA is tested in ``test_task_lora_learner.py``."""
 import copy
 import math
 
 import pytest
 import torch
 
-from baselines.inflora import InfLoRA, InfLoRAConfig
+from baselines.inflora import InfLoRA, InfLoRAConfig, design_down_projection
 from benchmark.backbones import build_backbone
 from benchmark.config import resolve_hparams
 from benchmark.peft.gpm import REMOVE, RETAIN, DualGPM, gpm_threshold
-from benchmark.training import build_optimizer, build_scheduler
+from benchmark.runner import RunRequest, describe_parameters, resolve_run
 from conftest import make_tasks, make_tiny_vit
 
 DIM = 8
@@ -108,6 +109,8 @@ def test_designed_down_projection_is_the_top_subspace_of_independently_collected
         down = layer.branches[-1].down
         assert torch.equal(down[0], down[1])  # one A for k and v
         assert torch.allclose(3 * down[0].T @ down[0], top @ top.T, atol=1e-3)  # same subspace, rows of norm 1/√3
+        assert torch.allclose(down[0].pow(2).sum(1), torch.full((rank,), 1 / 3), atol=1e-5)
+        assert (down[0] @ basis).abs().max() < 1e-4  # nothing in the space the memory protects
 
 
 def test_only_the_up_projections_and_the_task_head_train():
@@ -121,20 +124,6 @@ def test_only_the_up_projections_and_the_task_head_train():
         assert {id(p) for p in method.trainable_parameters()} == expected
 
 
-def test_coda_cosine_schedule_is_not_cosine_annealing():
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = build_optimizer([parameter], "adam", 5e-4)
-    scheduler = build_scheduler(optimizer, "coda_cosine", 20)
-    rates = []
-    for _ in range(20):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    expected = [5e-4 * math.cos(99 * math.pi * e / (200 * 19)) for e in range(20)]
-    assert rates == pytest.approx(expected, rel=1e-9)
-    assert rates[-1] == pytest.approx(0.0157 * 5e-4, rel=1e-2)
-
-
 def test_vit_b16_stored_counts_after_ten_tasks():
     backbone = build_backbone("vit_base_patch16_224.augreg_in21k", pretrained=False)
     hparams = resolve_hparams(InfLoRAConfig, InfLoRA.family_defaults("cifar100"), {})
@@ -145,3 +134,53 @@ def test_vit_b16_stored_counts_after_ten_tasks():
     assert report.trainable_total == 192_010  # the official log's "Trainable params: 192010"
     assert report.stored == 10 * 368_640  # A and B for k and v, unmerged
     assert "2,764,800 unique" in report.notes  # 276,480 per task: A_k = A_v
+
+
+def random_moment(dim=64, seed=0):
+    x = torch.randn(500, dim, generator=torch.Generator().manual_seed(seed))
+    return x.T @ x / 500
+
+
+def test_designed_down_projection_avoids_memory_and_has_official_scale():
+    memory = DualGPM(num_layers=1, dim=64)
+    memory.update([torch.diag(torch.tensor([10.0, 8, 6, 4] + [0.1] * 60))], threshold=0.9)  # "remove" memory
+    basis = memory.basis(0)
+    assert int(memory.kind[0]) == REMOVE and 1 <= basis.shape[1] < 32
+    down = design_down_projection(memory.project(0, random_moment()), rank=4)
+    assert down.shape == (4, 64)
+    assert (down @ basis).abs().max() < 1e-5  # orthogonal to the old tasks' input space
+    assert torch.allclose(down.pow(2).sum(1), torch.full((4,), 1 / 3), atol=1e-5)  # rows of norm 1/sqrt(3)
+
+
+def test_memory_grows_per_threshold_schedule_on_controlled_spectrum():
+    # C = diag(s): singular values s, energies s^2 (the official sigma^4-of-inputs convention)
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0] + [0.1] * 60)
+    energy = s.pow(2) / s.pow(2).sum()
+    assert gpm_threshold(0, 10, 0.95) == pytest.approx(0.95)
+    assert gpm_threshold(5, 10, 0.95, 1.0) == pytest.approx(0.975)
+    memory = DualGPM(1, 64)
+    memory.update([torch.diag(s)], gpm_threshold(0, 10, 0.8))
+    expected = int((energy.cumsum(0) < 0.8).sum())
+    assert memory.memory_dims() == [max(expected, 1)]
+    before = memory.memory_dims()[0]
+    memory.update([torch.diag(s)], gpm_threshold(9, 10, 0.8))  # higher threshold: more directions kept
+    assert memory.memory_dims()[0] > before
+    memory.update([torch.eye(64)], 0.99)  # flat spectrum: the old space passes dim/2 -> "retain" memory
+    assert int(memory.kind[0]) == RETAIN and memory.memory_dims()[0] > 32
+
+
+def test_memory_bases_restore_with_any_shape():
+    memory = DualGPM(2, 64)
+    memory.update([random_moment(seed=1), random_moment(seed=2)], 0.9)
+    fresh = DualGPM(2, 64)
+    fresh.load_state_dict(memory.state_dict())
+    assert torch.equal(fresh.basis(1), memory.basis(1)) and torch.equal(fresh.kind, memory.kind)
+
+
+def test_vit_b16_counts_on_imr_t40():
+    report = describe_parameters(resolve_run(RunRequest(bench="imr_t40", method="inflora",
+                                                        backbone="vit_base_patch16_224.augreg_in21k")))
+    assert report["backbone"] == 85_798_656
+    assert report["trainable_task"] == 184_320
+    assert report["head"] == 768 * 5 + 5
+    assert math.isclose(report["trainable_task_pct"], round(100 * 184_320 / 85_798_656, 4))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from benchmark.metrics import Evaluation, compute_metrics, forgetting_avalanche, forgetting_pilot
+from benchmark.metrics import Evaluation, accuracy_percent, compute_metrics, forgetting_avalanche, forgetting_pilot
 
 VTAB_TEST_SIZES = [1000, 400, 985, 5400, 834]
 # correct predictions per group after each task, giving the golden matrix's percentages
@@ -66,3 +66,21 @@ def test_single_task_has_no_forgetting():
     assert metrics["forgetting_pilot"] == 0.0
     assert metrics["accuracy_curve"] == [50.0]
     assert metrics["top5_curve"][0] >= metrics["accuracy_curve"][0]
+
+
+def test_accuracy_from_integer_counts_rounds_ties_as_the_official_toolkit():
+    # 109 of 800: correct * 100 / n = 13.625 exactly -> 13.62; 100 * (correct / n) = 13.625000000000002 -> 13.63
+    assert accuracy_percent(109, 800) == 13.625
+    assert np.around(accuracy_percent(109, 800), 2) == 13.62
+    metrics = compute_metrics([_evaluation([109], [800])], [10])
+    assert metrics["accuracy_curve"] == [13.625] and metrics["accuracy_curve_rounded"] == [13.62]
+    assert metrics["acc_matrix"][0] == [13.625] and metrics["acc_matrix_rounded"][0] == [13.62]
+    assert metrics["last_acc"] == 13.62 and metrics["avg_acc"] == 13.62
+
+
+def test_per_task_and_overall_figures_agree_on_the_same_images():
+    # two tasks of 800 test images each; after task 2 task 1 scores 109/800 and task 2 scores 109/800 too
+    metrics = compute_metrics([_evaluation([109], [800]), _evaluation([109, 109], [800, 800])], [10, 10])
+    assert metrics["acc_matrix_rounded"][1] == [13.62, 13.62]
+    assert metrics["accuracy_curve_rounded"] == [13.62, 13.62]  # 218 * 100 / 1600 = 13.625 as well
+    assert metrics["accuracy_curve"][1] == metrics["acc_matrix"][1][0] == metrics["acc_matrix"][1][1]

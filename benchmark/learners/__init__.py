@@ -1,6 +1,7 @@
 """Method-family learners: the training/prediction skeleton that several methods of one family share.
 
-- :mod:`benchmark.learners.prompt`: frozen ViT + prompt pool + task-masked head (L2P, DualPrompt);
+- :mod:`benchmark.learners.prompt`: frozen ViT + prompts from the frozen query + task-masked head (L2P, DualPrompt,
+  CODA-Prompt);
 - :mod:`benchmark.learners.task_lora`: one LoRA branch per task + per-task heads (InfLoRA, O-LoRA);
 - :mod:`benchmark.learners.first_task_adapter`: one adapter set tuned on the first task only (APER, RanPAC).
 

@@ -95,9 +95,17 @@ class LoRABranch(nn.Module):
             return self.scale
         return self.scale[[SLOTS.index(t) for t in self.targets]]
 
-    def slot_deltas(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-target deltas, shape (..., M, dim), scales applied."""
-        hidden = torch.einsum("...d,mrd->...mr", x, self.down)
+    def slot_deltas(self, x: torch.Tensor, per_slot: bool = False) -> torch.Tensor:
+        """Per-target deltas, shape (..., M, dim), scales applied.
+
+        ``per_slot``: ``x`` holds one input per qkv slot, shape (..., 3, dim) (e.g. independently dropped out);
+        each target reads its own slot's input.
+        """
+        if per_slot:
+            x = x[..., [SLOTS.index(t) for t in self.targets], :]
+            hidden = torch.einsum("...md,mrd->...mr", x, self.down)
+        else:
+            hidden = torch.einsum("...d,mrd->...mr", x, self.down)
         delta = torch.einsum("...mr,mdr->...md", hidden, self.up)
         scale = self.target_scales()
         if scale is not None:
@@ -115,12 +123,13 @@ class LoRABranch(nn.Module):
                 parts.append(x.new_zeros(*x.shape[:-1], self.dim))
         return torch.cat(parts, dim=-1)
 
-    def add_delta_(self, out: torch.Tensor, x: torch.Tensor) -> None:
+    def add_delta_(self, out: torch.Tensor, x: torch.Tensor, per_slot: bool = False) -> None:
         """Add this branch's delta to ``out`` (..., 3 * dim) in place, only into the targeted slots.
 
-        The same numbers as ``out + self.delta(x)`` without building and adding the zero slots.
+        The same numbers as ``out + self.delta(x)`` without building and adding the zero slots; ``per_slot`` as
+        in :meth:`slot_deltas`.
         """
-        deltas = self.slot_deltas(x)
+        deltas = self.slot_deltas(x, per_slot)
         for m, slot in enumerate(self.targets):
             start = SLOTS.index(slot) * self.dim
             out[..., start:start + self.dim] += deltas[..., m, :]
@@ -148,7 +157,9 @@ class LoRAQKV(nn.Module):
         self.active: list[int] | None = None
         self.per_chunk: list[int] | None = None
         self.dropout = 0.0
-        """Dropout on the branches' input in training mode, one mask shared by every branch (O-LoRA)."""
+        """Dropout on the branches' input in training mode (O-LoRA): one mask per qkv slot, as the official code
+        has one dropout module per adapted linear (q and v draw independent masks), shared by every branch of
+        that slot (old and new branches see the same dropped-out input)."""
 
     @property
     def dim(self) -> int:
@@ -165,16 +176,18 @@ class LoRAQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.qkv(x)
-        if self.dropout and self.training:
-            x = nn.functional.dropout(x, self.dropout, training=True)
+        per_slot = bool(self.dropout) and self.training
+        if per_slot:
+            x = nn.functional.dropout(x.unsqueeze(-2).expand(*x.shape[:-1], len(SLOTS), x.shape[-1]),
+                                      self.dropout, training=True)
         if self.per_chunk is not None:
             chunks = zip(self.per_chunk, x.chunk(len(self.per_chunk), dim=0), out.chunk(len(self.per_chunk), dim=0))
             for index, x_chunk, out_chunk in chunks:
-                self.branches[index].add_delta_(out_chunk, x_chunk)
+                self.branches[index].add_delta_(out_chunk, x_chunk, per_slot)
             return out
         indices = range(len(self.branches)) if self.active is None else self.active
         for index in indices:
-            self.branches[index].add_delta_(out, x)
+            self.branches[index].add_delta_(out, x, per_slot)
         return out
 
     @torch.no_grad()
