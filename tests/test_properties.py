@@ -152,5 +152,7 @@ def test_set_values_round_trip_through_parsing(data):
         from benchmark.errors import ClbenchError
         assert isinstance(error, ClbenchError), error
         return
+    if value is None and getattr(config, name) is not None:
+        return  # None asks for the method's own default (e.g. APER's recipe fills its batch size)
     assert getattr(config, name) == value
     assert as_dict(config)[name] == (list(value) if isinstance(value, tuple) else value)
