@@ -1,6 +1,6 @@
 """CL-LoRA (He, Duan, Zhu, CVPR 2025): task-shared and task-specific LoRA for rehearsal-free CIL.
 
-Spec: ``/work/shared/specs/cl_lora.md`` (the official code, JiangpengHe/CL-LoRA @ df4e74e). The code's
+Spec: ``../shared/specs/cl_lora.md`` (the official code, JiangpengHe/CL-LoRA @ df4e74e). The code's
 behaviour is the default; the paper's variants and the Table 2/3 ablations are switches of :class:`CLLoRAConfig`.
 
 - **Adapters** on the fused ``attn.qkv`` of a timm ViT (q and v by default, rank r, no scaling):

@@ -1,6 +1,6 @@
 """Wall time of a digits_t5 sweep under `--launcher local` vs `--launcher ray`, and Ray's per-run overhead.
 
-    python scripts/launcher_benchmark.py [--seeds 1993..1994] [--methods a,b] [--cpus N] [--skip-sweep]
+    python tests/measure_launchers.py [--seeds 1993..1994] [--methods a,b] [--cpus N] [--skip-sweep]
 
 1. The sweep (every registered method x the seeds, default settings) is run twice from scratch through the
    `bench` CLI in a fresh process, each into its own temporary results dir; the wall time includes start-up (and,
