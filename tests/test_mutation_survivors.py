@@ -163,3 +163,23 @@ def test_run_epochs_steps_the_scheduler_once_per_epoch():
 
     run_epochs(tasks[0], 3, step, torch.device("cpu"), scheduler=CountingScheduler())
     assert events == (["batch"] * 4 + ["schedule"]) * 3
+
+
+# -- metrics: survivors of `make mutants` on benchmark/metrics.py -------------------------------------------------
+def test_top5_curve_counts_a_hit_anywhere_in_the_top5():
+    """Top-5 accuracy: a sample is right when its label is among its five best classes (3 of 4 here)."""
+    labels = np.array([0, 1, 2, 3])
+    top5 = np.array([[0, 1, 2, 3, 4], [2, 1, 0, 3, 4], [0, 1, 3, 4, 5], [5, 4, 3, 2, 1]])
+    metrics = compute_metrics([Evaluation(labels=labels, top5=top5)], [6])
+    assert metrics["top5_curve"] == [75.0]
+    assert metrics["accuracy_curve"] == [25.0]
+
+
+def test_a_task_without_test_images_is_nan_not_zero():
+    """A task group with no evaluation images has no accuracy (NaN in the matrix, None in JSON), never 0 %."""
+    from benchmark.metrics import accuracy_row
+
+    evaluation = Evaluation(labels=np.array([0, 0, 2]), top5=np.array([[0], [1], [2]]))
+    row = accuracy_row(evaluation, [1, 1, 1], 2)
+    assert row.shape == (3,)
+    assert row[0] == 50.0 and np.isnan(row[1]) and row[2] == 100.0
