@@ -43,13 +43,18 @@ def _device_type(device: torch.device | str) -> str:
 
 
 @contextmanager
-def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
-    """Forward passes under ``precision`` on ``device`` (no-op for ``fp32``)."""
+def autocast(precision: str, device: torch.device | str, cache_weights: bool = True) -> Iterator[None]:
+    """Forward passes under ``precision`` on ``device`` (no-op for ``fp32``).
+
+    ``cache_weights``: keep autocast's half-precision copies of the parameters until the region ends. Only
+    correct while no parameter changes inside the region (evaluation); a region spanning optimiser steps must
+    pass False, or every forward after the first step would run on the stale copies of the old weights.
+    """
     check_precision(precision)
     if precision == "fp32":
         yield
         return
-    with torch.autocast(_device_type(device), dtype=DTYPES[precision]):
+    with torch.autocast(_device_type(device), dtype=DTYPES[precision], cache_enabled=cache_weights):
         yield
 
 
@@ -68,11 +73,16 @@ def full_precision() -> Iterator[None]:
 
 @contextmanager
 def training_precision(precision: str, device: torch.device | str) -> Iterator[None]:
-    """:func:`autocast`, plus a fresh gradient scaler for ``fp16`` used by :func:`backward` and :func:`step`."""
+    """:func:`autocast` over a whole task's training, plus a fresh gradient scaler for ``fp16`` used by
+    :func:`backward` and :func:`step`.
+
+    The region spans every optimiser step of the task, so autocast's weight cache is off: each forward casts
+    the current parameters (with the cache on, all forwards would reuse the casts made before the first step).
+    """
     scaler = torch.amp.GradScaler(_device_type(device)) if precision == "fp16" else None
     token = _SCALER.set(scaler)
     try:
-        with autocast(precision, device):
+        with autocast(precision, device, cache_weights=False):
             yield
     finally:
         _SCALER.reset(token)

@@ -37,6 +37,21 @@ def test_autocast_lowers_products_and_full_precision_restores_float32():
             pass
 
 
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_training_region_forwards_the_weights_of_the_last_step(name):
+    """A task's whole training runs in one autocast region: after an optimiser step, the next forward uses the
+    stepped weights (autocast's weight cache would keep the casts made before the step)."""
+    torch.manual_seed(0)
+    layer, x = nn.Linear(8, 4), torch.randn(5, 8)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    with training_precision(name, "cpu"):
+        optimizer_step(optimizer, layer(x).float().square().mean())
+        after_step = layer(x)
+    with autocast(name, "cpu"):
+        fresh = layer(x)
+    torch.testing.assert_close(after_step, fresh, rtol=0, atol=0)
+
+
 def test_prototype_means_are_float32_means_of_the_half_features():
     images = torch.randn(6, 5)
     labels = torch.tensor([3, 4, 3, 4, 3, 4])
