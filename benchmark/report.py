@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.integrity import IntegrityError, read_json_file, read_status
+from benchmark.locking import live_holder
 from benchmark.results import atomic_write_bytes, find_runs
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "data" / "paper_numbers.csv"
@@ -35,6 +36,9 @@ def load_results(root: Path, bench: str | None = None, skipped: list[str] | None
 
 def _result_row(path: Path) -> dict:
     status = read_status(path / "status.json") if (path / "status.json").exists() else {"state": "unknown"}
+    if status["state"] == "running" and live_holder(path) is None:
+        status = {**status, "state": "stopped",
+                  "reason": "recorded as running, but no process holds the run (killed?); `bench run` resumes it"}
     if (path / "config.json").exists():
         config = read_json_file(path / "config.json")
         if not all(key in config for key in ("bench", "method", "seed", "backbone")):

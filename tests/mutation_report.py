@@ -17,11 +17,13 @@ KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 UNTESTED = {"skipped", "not checked", "check was interrupted by user"}
 
 
-def module_counts(mutants_dir: Path = Path("mutants")) -> dict[str, Counter]:
-    """Status counts per mutated source file."""
+def module_counts(mutants_dir: Path = Path("mutants"), only: set[str] | None = None) -> dict[str, Counter]:
+    """Status counts per mutated source file (of the mutants named in ``only``, when given)."""
     counts: dict[str, Counter] = {}
     for meta in sorted(mutants_dir.rglob("*.py.meta")):
         exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
+        if only is not None:
+            exit_codes = {name: code for name, code in exit_codes.items() if name in only}
         if exit_codes:
             module = str(meta.relative_to(mutants_dir))[: -len(".meta")]
             counts[module] = Counter(status_by_exit_code[code] for code in exit_codes.values())
@@ -29,8 +31,16 @@ def module_counts(mutants_dir: Path = Path("mutants")) -> dict[str, Counter]:
 
 
 def main() -> int:
-    """Print one line per module: killed / tested, the rate, and the survivors' count."""
-    counts = module_counts()
+    """Print one line per module: killed / tested, the rate, and the survivors' count; with ``--sample``, over
+    the mutants of ``tests/mutation_sample.py``'s last sample only."""
+    only = None
+    if "--sample" in sys.argv[1:]:
+        sample_file = Path("mutants/sample.txt")
+        if not sample_file.exists():
+            print("no sample under mutants/; run `make mutants SAMPLE=N` first")
+            return 1
+        only = set(sample_file.read_text().split())
+    counts = module_counts(only=only)
     if not counts:
         print("no mutmut results under mutants/; run `make mutants` first")
         return 1

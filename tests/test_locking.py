@@ -89,3 +89,19 @@ def test_run_after_holder_was_killed_trains(tmp_path, holder, capsys):
     assert json.loads((folder / "status.json").read_text()) == {"state": "partial", "tasks_done": 1}
     assert (folder / "predictions" / "task0.npz").stat().st_mtime >= started - 1
     assert read_holder(folder) is None
+
+
+def test_table_shows_a_killed_running_run_as_stopped(tmp_path, holder):
+    from benchmark.report import load_results
+    from benchmark.results import atomic_write_json
+
+    folders = {name: tmp_path / "results" / "digits_t5" / name / "seed1993" for name in ("alive", "killed")}
+    processes = {name: holder(folder) for name, folder in folders.items()}
+    for folder in folders.values():
+        atomic_write_json(folder / "status.json", {"state": "running", "tasks_done": 1})
+    processes["killed"].send_signal(signal.SIGKILL)
+    processes["killed"].wait()
+    rows = load_results(tmp_path / "results").set_index("method")
+    assert rows.loc["alive", "state"] == "running"
+    assert rows.loc["killed", "state"] == "stopped"
+    assert "no process holds the run" in rows.loc["killed", "reason"]
