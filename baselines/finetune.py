@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.errors import ClbenchError
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
@@ -27,6 +28,11 @@ class FinetuneConfig(MethodConfig):
     weight_decay: float = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
     schedule: Literal["cosine", "constant"] = "cosine"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.epochs < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ClbenchError("finetune needs epochs >= 1, lr > 0 and weight_decay >= 0")
 
 
 @register_method("finetune")

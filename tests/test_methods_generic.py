@@ -68,4 +68,22 @@ def test_restore_structure_matches_trained_shapes(name):
     fresh.restore_structure(list(trained.task_sizes))
     shapes = {key: tuple(value.shape) for key, value in trained.state_dict().items() if torch.is_tensor(value)}
     fresh_shapes = {key: tuple(value.shape) for key, value in fresh.state_dict().items() if torch.is_tensor(value)}
-    assert set(shapes) == set(fresh_shapes)
+    # DualGPM bases (InfLoRA) have a data-dependent width: their count is structure, their width is not.
+    data_sized = {key for key in shapes if ".basis_" in key}
+    assert {key: shape for key, shape in fresh_shapes.items() if key not in data_sized} == \
+        {key: shape for key, shape in shapes.items() if key not in data_sized}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_initial_state_depends_on_the_seed_only(name):
+    """A method draws its initial tensors from its own seeded generators, not from the global RNG: two builds
+    under different global RNG states are identical (a resumed or reordered run gets the same adapters)."""
+    torch.manual_seed(1)
+    first = build(name).state_dict()
+    torch.manual_seed(2)
+    torch.rand(1000)
+    second = build(name).state_dict()
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, second[key]), f"{name}: {key} depends on the global RNG"

@@ -29,7 +29,10 @@ def test_penalties_and_gradient_match_a_hand_sum_over_blocks_slots_and_tasks():
     method.restore_structure([2, 2, 2])  # task 2's fresh branches, as at the start of its training
     rank = method.hparams.rank
     orth_hand = l2_hand = 0.0
+    generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
+        for layer in method.lora_layers:  # ups as after some training (zero-init ups would hide their norms)
+            layer.branches[-1].up.copy_(torch.randn(layer.branches[-1].up.shape, generator=generator))
         for layer in method.lora_layers:
             old, new = layer.branches[0], layer.branches[-1]
             for slot in range(len(new.targets)):
@@ -52,6 +55,12 @@ def test_penalties_and_gradient_match_a_hand_sum_over_blocks_slots_and_tasks():
                 expected += method.hparams.lambda_orth * (a_s @ a_t.T).sign().T @ a_s
             assert torch.allclose(new.down.grad[slot], expected, atol=1e-6)
         assert old.down.grad is None  # previous A are frozen
+
+    logits, targets = torch.randn(4, 2, generator=generator), torch.tensor([0, 1, 1, 0])
+    method.start_task(tasks[2])
+    expected = (torch.nn.functional.cross_entropy(logits, targets) + method.hparams.lambda_orth * orth_hand
+                + method.hparams.lambda_l2 * l2_hand)
+    assert float(method.loss(logits, targets).detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_penalty_is_zero_on_the_first_task():
