@@ -111,12 +111,6 @@ class RidgeReadout(nn.Module):
             return self.sigma * (F.normalize(h, dim=-1) @ F.normalize(self.weight, dim=-1).T)
         return self.sigma * (h @ self.weight.T)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "weight"
-        if key in state_dict:
-            self.weight = torch.zeros_like(state_dict[key], device=self.weight.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
 
 @dataclass
 class RanPACConfig(FirstTaskAdapterConfig):

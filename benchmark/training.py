@@ -75,13 +75,16 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
     return loss.detach()
 
 
-def drop_last_loader(loader: DataLoader) -> DataLoader:
+def drop_last_loader(loader: Iterable) -> Iterable:
     """The same loader (dataset, sampler and its generator, batch size, workers) without the last incomplete
     batch of each epoch, for methods whose official loaders use ``drop_last`` (CODA-P, PILOT
-    ``models/coda_prompt.py:L57``; LAE); the shuffle order is the one ``loader`` would give.
+    ``models/coda_prompt.py:L57``; LAE); the shuffle order is the one ``loader`` would give. Any other iterable
+    of batches (``bench speed``'s fixed batches) is returned as it is.
 
     A dataset smaller than one batch would train on nothing: that is a :class:`ClbenchError`.
     """
+    if not isinstance(loader, DataLoader):
+        return loader
     if loader.batch_size is None or len(loader.dataset) < loader.batch_size:
         raise ClbenchError(f"a task has {len(loader.dataset)} training images, fewer than one batch of "
                            f"{loader.batch_size} with drop_last: lower batch_size")

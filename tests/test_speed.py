@@ -33,3 +33,24 @@ def test_speed_command_writes_json(tmp_path, capsys):
     report = json.loads(path.read_text())
     assert {(row["method"], row["precision"]) for row in report["training"]} == {
         (m, p) for m in ("simplecil", "l2p") for p in ("fp32", "bf16")}
+    assert {row["method"]: row["task"] for row in report["training"]} == {"simplecil": 1, "l2p": 2}
+
+
+def test_first_task_only_methods_are_timed_on_their_first_task():
+    from benchmark.speed import method_speed_report
+
+    report = method_speed_report(["aper"], "vit_tiny_random", ["fp32"], CPU, steps=1, train_batch_size=4,
+                                 num_tasks=2, eval_batch_size=4, family="digits", echo=lambda line: None)
+    [row] = report["training"]
+    assert row["trains"] and row["task"] == 1 and row["timed_steps"] == 1
+
+
+def test_every_registered_method_is_timed():
+    from benchmark.registry import METHODS
+    from benchmark.speed import method_speed_report
+
+    report = method_speed_report(METHODS.names(), "vit_tiny_random", ["fp32"], CPU, steps=1, train_batch_size=4,
+                                 num_tasks=2, eval_batch_size=4, family="digits", echo=lambda line: None)
+    trained = {row["method"] for row in report["training"] if row["trains"]}
+    assert trained == set(METHODS.names()) - {"simplecil"}
+    assert {row["method"] for row in report["inference"]} == set(METHODS.names())
