@@ -131,3 +131,37 @@ def test_a_short_run_learns():
         method.learn(task)
     method.eval()
     assert accuracy(method, tests, batch_size=16) >= 60  # held-out images of 4 classes: chance 25 %
+
+
+def test_prompt_blocks_must_lie_inside_the_backbone():
+    import pytest
+    from benchmark.errors import ClbenchError
+
+    tiny_dualprompt(e_prompt_blocks=(2, 3))  # the last block of the 4-block tiny ViT
+    with pytest.raises(ClbenchError, match=r"prompt blocks must lie in \[0, 4\) for this backbone"):
+        tiny_dualprompt(e_prompt_blocks=(2, 4))
+
+
+def test_g_prompt_init_is_uniform_on_minus_one_one():
+    g_prompt = tiny_dualprompt().g_prompt.detach()
+    assert -1 <= float(g_prompt.min()) < -0.95 and 0.95 < float(g_prompt.max()) <= 1
+
+
+def test_e_prompt_t_starts_from_e_prompt_t_minus_1_from_the_second_task(monkeypatch):
+    from benchmark.learners.prompt import PromptLearner
+
+    monkeypatch.setattr(PromptLearner, "train_task", lambda self, task: None)
+    method = tiny_dualprompt()
+    tasks, _ = make_tasks(2, 2, per_class=2, batch_size=4)
+    initial = method.e_pool.prompts.detach().clone()
+    method.train_task(tasks[0])
+    assert torch.equal(method.e_pool.prompts.detach(), initial)  # the first task keeps its own init
+    method.train_task(tasks[1])
+    assert torch.equal(method.e_pool.prompts[1].detach(), initial[0])
+    assert torch.equal(method.e_pool.prompts[2:].detach(), initial[2:])
+
+
+def test_pool_as_large_as_the_task_count_warns_nothing(caplog):
+    with caplog.at_level(logging.WARNING):
+        method = tiny_dualprompt(num_classes=20, num_tasks=10)
+    assert method.e_pool.pool_size == 10 and "share prompts" not in caplog.text

@@ -184,3 +184,15 @@ def test_vit_b16_counts_on_imr_t40():
     assert report["trainable_task"] == 184_320
     assert report["head"] == 768 * 5 + 5
     assert math.isclose(report["trainable_task_pct"], round(100 * 184_320 / 85_798_656, 4))
+
+
+def test_rank_wider_than_the_backbone_is_refused():
+    from benchmark.errors import ClbenchError
+
+    values = {**InfLoRA.family_defaults("digits"), "rank": 65}
+    with pytest.raises(ClbenchError, match="^rank 65 exceeds the backbone width 64$"):
+        InfLoRA(make_tiny_vit(0), resolve_hparams(InfLoRAConfig, values, {}), num_classes=4, num_tasks=2,
+                device="cpu", seed=1993)
+    values["rank"] = 64
+    InfLoRA(make_tiny_vit(0), resolve_hparams(InfLoRAConfig, values, {}), num_classes=4, num_tasks=2,
+            device="cpu", seed=1993)

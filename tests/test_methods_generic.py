@@ -72,6 +72,9 @@ def test_restore_structure_matches_trained_shapes(name):
     data_sized = {key for key in shapes if ".basis_" in key}
     assert {key: shape for key, shape in fresh_shapes.items() if key not in data_sized} == \
         {key: shape for key, shape in shapes.items() if key not in data_sized}
+    # what is frozen after the tasks is frozen in the restored structure too (what a resumed task may train)
+    assert {key: p.requires_grad for key, p in fresh.named_parameters()} == \
+        {key: p.requires_grad for key, p in trained.named_parameters()}
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -184,9 +184,16 @@ def test_magnitude_carry_keeps_trained_values():
     method = build(num_tasks=3, magnitude_init="carry")
     tasks, _ = make_tasks(1, 2, per_class=4, batch_size=8)
     method.learn(tasks[0])
-    trained = method.magnitudes.values.detach().clone()
+    with torch.no_grad():  # values a longer training would reach (one epoch from a zero up leaves 0.8)
+        method.magnitudes.values.copy_(torch.tensor([1.7]))
     method._grow(1)
-    assert torch.equal(method.magnitudes.values.detach(), torch.cat([trained, torch.tensor([0.8])]))
+    assert torch.equal(method.magnitudes.values.detach(), torch.tensor([1.7, 0.8]))
+    reset = build(num_tasks=3)
+    reset.learn(tasks[0])
+    with torch.no_grad():
+        reset.magnitudes.values.copy_(torch.tensor([1.7]))
+    reset._grow(1)
+    assert torch.equal(reset.magnitudes.values.detach(), torch.tensor([0.8, 0.8]))
 
 
 # -- spec §4.10.6: old head rows untouched -------------------------------------------------------------

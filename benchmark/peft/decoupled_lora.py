@@ -148,8 +148,8 @@ class DecoupledLoRAQKV(LoRAQKV):
             return out
         if self.active is not None or self.per_chunk is not None:
             raise ValueError("a decoupled LoRA wrapper always sums every component")
-        if self.dropout and self.training:
-            x = nn.functional.dropout(x, self.dropout, training=True)
+        if self.dropout:
+            raise ValueError("a decoupled LoRA wrapper has no dropout (SD-LoRA uses none)")
         downs, ups, segments = stacked = self._stacked()
         columns = self.component_factors(stacked).T[:, segments]                           # (M, R)
         hidden = torch.einsum("...d,mrd->...mr", x, downs) * columns
