@@ -84,3 +84,9 @@ def test_per_task_and_overall_figures_agree_on_the_same_images():
     assert metrics["acc_matrix_rounded"][1] == [13.62, 13.62]
     assert metrics["accuracy_curve_rounded"] == [13.62, 13.62]  # 218 * 100 / 1600 = 13.625 as well
     assert metrics["accuracy_curve"][1] == metrics["acc_matrix"][1][0] == metrics["acc_matrix"][1][1]
+
+
+def test_a_run_with_no_finished_task_has_nan_summaries():
+    metrics = compute_metrics([], [2, 2])
+    for key in ("avg_acc", "last_acc", "avg_acc_task_mean", "last_acc_task_mean"):
+        assert np.isnan(metrics[key]), key

@@ -99,3 +99,17 @@ def test_find_runs_lists_folders_with_a_config_or_a_status(tmp_path):
     with_status.write_status("failed", 0, "no data")
     (root / "b" / "m" / "seed3").mkdir()
     assert find_runs(root) == [with_config.path, with_status.path]
+
+
+def test_a_write_goes_through_a_dot_tmp_temporary_beside_the_target(tmp_path, monkeypatch):
+    """The temporary is ``.<name>.<random>.tmp`` in the target's folder: what ``remove_temporaries`` finds when a
+    killed writer leaves one."""
+    import re
+
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
+    atomic_write_json(tmp_path / "status.json", {})
+    [(source, target)] = replaced
+    assert os.path.dirname(source) == str(tmp_path) and target == tmp_path / "status.json"
+    assert re.fullmatch(r"\.status\.json\..+\.tmp", os.path.basename(source))

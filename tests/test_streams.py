@@ -127,6 +127,14 @@ def test_describe_is_json_record(data_root):
     assert record["checksums"]["meta"]["ok"] is False
     assert any("MD5" in warning for warning in record["warnings"]) and record["warnings"] == stream.warnings
     assert record["data_root"] == str(data_root.resolve())
+    assert set(record) == {"benchmark", "dataset", "dataset_title", "num_classes", "num_tasks", "seed", "shuffle",
+                           "requested_order", "class_order", "increments", "transform_profile", "requested_profile",
+                           "normalize", "image_size", "transforms", "data_root", "train_count", "test_count",
+                           "tasks", "class_names", "checksums", "warnings"}
+    assert (record["train_count"], record["test_count"]) == (len(stream.raw.train), len(stream.raw.test))
+    assert record["class_names"] == list(stream.raw.class_names) and len(record["class_names"]) == 100
+    assert (record["dataset"], record["num_classes"], record["num_tasks"]) == ("cifar100", 100, 20)
+    assert record["shuffle"] is True and record["requested_order"] == "protocol"
 
 
 def test_missing_tree_is_one_data_error(tmp_path):
