@@ -50,6 +50,7 @@ def test_method_contract(name):
     report = method.parameter_report()
     assert report.backbone == backbone_size(make_tiny_vit(0))
     assert min(report.trainable_task, report.head, report.trainable_total, report.stored) >= 0
+    assert isinstance(report.notes, str) and len(report.notes) > 20  # `bench params` explains every count
     if not getattr(method, "trains_backbone", False):
         current = {key.replace(".qkv.qkv.", ".qkv.").replace(".attn.attn.", ".attn.")
                    .replace(".mlp.norm.", ".norm2.").replace(".mlp.mlp.", ".mlp."): value
