@@ -196,3 +196,12 @@ def test_rank_wider_than_the_backbone_is_refused():
     values["rank"] = 64
     InfLoRA(make_tiny_vit(0), resolve_hparams(InfLoRAConfig, values, {}), num_classes=4, num_tasks=2,
             device="cpu", seed=1993)
+
+
+def test_first_memory_of_exactly_half_the_width_is_kept_as_the_free_space():
+    # cumulative energies 0.3, 0.5, 0.65, 0.8, 0.9, 1.0: 4 below 0.85 = dim / 2, which is not below dim / 2 ->
+    # "retain" memory (the free space, directions 4-7), as the official branch condition k < dim / 2 decides
+    q, memory = rotation(), DualGPM(1, DIM)
+    memory.update([moment_with_energies(q, {0: 0.3, 1: 0.2, 2: 0.15, 3: 0.15, 4: 0.1, 5: 0.1})], 0.85)
+    assert int(memory.kind[0]) == RETAIN and memory.basis(0).shape[1] == 4
+    assert torch.allclose(projector(memory.basis(0)), span(q, [4, 5, 6, 7]), atol=1e-5)

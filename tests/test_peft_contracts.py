@@ -95,3 +95,20 @@ def test_coda_refills_a_task_from_the_methods_own_generator(monkeypatch):
         assert any(not torch.equal(before[key], states[-1][key]) for key in before)  # task 1's rows were filled
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
+
+
+def test_adapters_refuse_what_they_cannot_wrap():
+    from benchmark.errors import ClbenchError
+    from benchmark.peft.adapter import Adapter, add_adapter_set, attach_adapters
+
+    Adapter(8, 1)
+    with pytest.raises(ClbenchError, match="^adapter bottleneck must be >= 1, got 0$"):
+        Adapter(8, 0)
+    vit = make_tiny_vit(0)
+    vit.blocks[2].norm2 = nn.Identity()
+    with pytest.raises(ClbenchError, match="^block 2 has no norm2 to move into an adapter wrapper$"):
+        attach_adapters(vit)
+    wrappers = attach_adapters(make_tiny_vit(0))
+    wrappers[0].add_adapter(4, 0.1, 0.0, None)
+    with pytest.raises(ClbenchError, match=r"^wrappers hold different numbers of adapter sets: \[0, 1\]$"):
+        add_adapter_set(wrappers, 4)

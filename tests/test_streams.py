@@ -163,3 +163,12 @@ def test_digits_stream():
     images, labels = next(iter(loader))
     assert images.shape == (16, 3, 32, 32) and set(labels.tolist()) <= {4, 5}
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+
+
+def test_stream_refusals_name_the_valid_values(data_root):
+    with pytest.raises(ClbenchError, match="^unknown class order 'random'; valid: protocol, identity$"):
+        build_stream("cifar100_t20", data_root, image_size=32, order="random")
+    stream = build_stream("cifar100_t20", data_root, image_size=32)
+    for method in (stream.eval_dataset, stream.eval_labels):
+        with pytest.raises(IndexError, match="^task 20 outside 0..19$"):
+            method(20)
