@@ -82,3 +82,10 @@ def corrupt_file(path: Path) -> Path:
     """Overwrite ``path`` with bytes no image decoder accepts."""
     Path(path).write_bytes(b"this is not an image")
     return Path(path)
+
+
+def write_all_datasets(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """The fake trees of all four downloadable datasets (CIFAR-100, ImageNet-R, ImageNet-A, VTAB) under ``root``."""
+    for dataset in ("cifar100", "imr", "ima", "vtab"):
+        write_dataset(root, dataset, train_per_class=train_per_class, test_per_class=test_per_class)
+    return root

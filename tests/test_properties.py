@@ -15,7 +15,7 @@ from benchmark.config import as_dict, parse_overrides, resolve_hparams
 from benchmark.metrics import Evaluation, compute_metrics
 from benchmark.registry import DATASETS, METHODS
 from benchmark.streams import build_stream, parse_benchmark
-from fabricate import write_dataset
+from fabricate import write_all_datasets
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------
@@ -72,10 +72,7 @@ def test_task_mean_equals_sample_weighted_when_tasks_are_equal(run):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """All four fabricated trees, 2 train and 2 test images per class."""
-    root = tmp_path_factory.mktemp("data")
-    for dataset in ("cifar100", "imr", "ima", "vtab"):
-        write_dataset(root, dataset, train_per_class=2, test_per_class=2)
-    return root
+    return write_all_datasets(tmp_path_factory.mktemp("data"), train_per_class=2, test_per_class=2)
 
 
 VALID_BENCHMARKS = [f"{name}_t{n}" for name in DATASETS.names()

@@ -10,7 +10,7 @@ import torch
 from benchmark.errors import ClbenchError, DataError
 from benchmark.streams import (benchmark_family, build_stream, class_order, default_data_root, named_benchmarks,
                                parse_benchmark)
-from fabricate import corrupt_file, write_dataset
+from fabricate import corrupt_file, write_all_datasets, write_dataset
 
 ORDER_100 = [68, 56, 78, 8, 23, 84, 90, 65, 74, 76, 40, 89, 3, 92, 55, 9, 26, 80, 43, 38, 58, 70, 77, 1, 85, 19,
              17, 50, 28, 53, 13, 81, 45, 82, 6, 59, 83, 16, 15, 44, 91, 41, 72, 60, 79, 52, 20, 10, 31, 54, 37, 95,
@@ -30,10 +30,7 @@ ORDER_200 = [168, 136, 51, 9, 183, 101, 171, 99, 42, 159, 191, 70, 16, 188, 27, 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """One fabricated root with all four datasets (2 train / 1 test image per class)."""
-    root = tmp_path_factory.mktemp("data")
-    for dataset in ("cifar100", "imr", "ima", "vtab"):
-        write_dataset(root, dataset, train_per_class=2, test_per_class=1)
-    return root
+    return write_all_datasets(tmp_path_factory.mktemp("data"), train_per_class=2, test_per_class=1)
 
 
 # -- names and orders -------------------------------------------------------------------------------------
