@@ -23,9 +23,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
-# Mutation testing, on demand (not in CI): `make mutants` mutates methods/, baselines/, benchmark/peft/ and the
+# Mutation testing, on demand (not in CI): `make mutants` mutates methods/, baselines/, benchmark/models/peft/ and the
 # metrics, streams and results modules (~5,000 mutants, ~8 h on 2 cores); `make mutants SAMPLE=25` tests a seeded
-# random sample of 25 per module (SEED=0) and reports over it; `make mutants MUTANTS='benchmark.metrics*'` tests the
+# random sample of 25 per module (SEED=0) and reports over it; `make mutants MUTANTS='benchmark.reporting.metrics*'` tests the
 # matching mutants. Each mutant runs only the tests that cover it (mutmut's own selection); results stay in mutants/.
 # Never run `mutmut print-time-estimates` (mutmut 3.8 empties its coverage table when no mutants were generated).
 MUTANTS ?=

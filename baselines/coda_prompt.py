@@ -1,7 +1,7 @@
 """CODA-Prompt (Smith et al., CVPR 2023), as PILOT runs it (``prompt_baselines.md`` §5).
 
 - In each prompted block (0-4) a pool of M = 100 components P_m (L = 8 tokens), keys K_m and attention vectors
-  A_m (:class:`benchmark.peft.prompts.ComponentPool`). Task t owns rows [t*pt, (t+1)*pt), pt = floor(M / T);
+  A_m (:class:`benchmark.models.peft.prompts.ComponentPool`). Task t owns rows [t*pt, (t+1)*pt), pt = floor(M / T);
   before task t >= 1 they are refilled by Gram-Schmidt against all earlier rows (at construction for task 0),
   and rows of later tasks stay zero.
 - The query q is the frozen, unprompted ViT's CLS feature. Component m gets the weight cos(q ⊙ A_m, K_m) over
@@ -24,12 +24,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from benchmark.backbones import cls_feature, embed_tokens, run_blocks
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.errors import ClbenchError
 from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
 from benchmark.method import ParameterReport, Task
-from benchmark.peft.prefix import attach_prefix, prefixes_set, split_prompt_tokens
-from benchmark.peft.prompts import ComponentPool, frozen_query
+from benchmark.models.peft.prefix import attach_prefix, prefixes_set, split_prompt_tokens
+from benchmark.models.peft.prompts import ComponentPool, frozen_query
 from benchmark.registry import register_method
 
 PILOT_BACKBONE = "vit_base_patch16_224.augreg_in21k_ft_in1k"

@@ -12,7 +12,7 @@
 Two official behaviours are the defaults, each with a switch:
 - ``e_pool_size=10`` (PILOT's shipped pool): tasks past the tenth share prompts (a warning says so);
   ``auto`` gives max(10, T) prompts, one per task.
-- the key/value reshape quirk (:func:`benchmark.peft.prefix.official_prefix_order`);
+- the key/value reshape quirk (:func:`benchmark.models.peft.prefix.official_prefix_order`);
   ``dualprompt_permute_fix=true`` gives every sample its own correct key/value pair.
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.backbones import cls_feature, embed_tokens, run_blocks
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.errors import ClbenchError
 from benchmark.method import ParameterReport, Task, count_parameters
-from benchmark.peft.prefix import attach_prefix, official_prefix_order, prefixes_set
-from benchmark.peft.prompts import PromptPool, Selection, frozen_query
+from benchmark.models.peft.prefix import attach_prefix, official_prefix_order, prefixes_set
+from benchmark.models.peft.prompts import PromptPool, Selection, frozen_query
 from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
 

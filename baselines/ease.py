@@ -1,6 +1,6 @@
 """EASE, expandable subspace ensemble (Zhou et al., CVPR 2024), as PILOT runs it (``prompt_baselines.md`` §6).
 
-- **Per task t**: a new set of AdaptFormer adapters (one per block, parallel to the MLP; ``benchmark/peft/adapter.py``)
+- **Per task t**: a new set of AdaptFormer adapters (one per block, parallel to the MLP; ``benchmark/models/peft/adapter.py``)
   and a fresh local cosine head (learnable sigma) over the task's classes. Only these two train: CE on local
   labels y - known, SGD with momentum, cosine annealing per epoch down to 0. The backbone and adapter sets
   0..t-1 are frozen.
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.backbones import cls_feature, embed_tokens, run_blocks
-from benchmark.classifiers import CosineLinear, prototype_pass
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
+from benchmark.models.classifiers import CosineLinear, prototype_pass
 from benchmark.errors import ClbenchError
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
-from benchmark.peft.adapter import (AdaptedMLP, adapter_set_parameters, add_adapter_set, attach_adapters,
+from benchmark.models.peft.adapter import (AdaptedMLP, adapter_set_parameters, add_adapter_set, attach_adapters,
                                    use_adapter_chunks, use_adapter_set)
 from benchmark.registry import register_method
 from benchmark.precision import full_precision

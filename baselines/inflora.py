@@ -10,7 +10,7 @@ the paper: A is the designed, frozen down-projection, B the trained up-projectio
   with Ĉ_l = C_l, C_l − MMᵀC_l ("remove" memory) or M⊥M⊥ᵀC_l ("retain" memory).
 - **Trained**: B_t^k, B_t^v of every block and head_t, with plain CE on head_t (labels local to the task).
 - **After task t**: a second pass with the trained model rebuilds C_l, and the DualGPM memory grows with
-  threshold ε_t = λ_b + (λ_e − λ_b)·t/T, on σ⁴ energies as the code does (:mod:`benchmark.peft.gpm`).
+  threshold ε_t = λ_b + (λ_e − λ_b)·t/T, on σ⁴ energies as the code does (:mod:`benchmark.models.peft.gpm`).
 - **Predict**: all heads concatenated, argmax over the seen classes (no task id, no calibration).
 
 Skipped as dead in the official code: the KMeans "keys", ``classifier_pool_backup``, ``interface1``.
@@ -26,8 +26,8 @@ import torch
 from benchmark.errors import ClbenchError
 from benchmark.learners.task_lora import TaskLoRAConfig, TaskLoRALearner
 from benchmark.method import ParameterReport, Task
-from benchmark.peft.gpm import DualGPM, gpm_threshold, input_moments, single_threaded
-from benchmark.peft.lora import LoRABranch, LoRAQKV
+from benchmark.models.peft.gpm import DualGPM, gpm_threshold, input_moments, single_threaded
+from benchmark.models.peft.lora import LoRABranch, LoRAQKV
 from benchmark.precision import full_precision
 from benchmark.registry import register_method
 

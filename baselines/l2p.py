@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.backbones import run_blocks
+from benchmark.models.backbones import run_blocks
 from benchmark.method import ParameterReport, count_parameters
-from benchmark.peft.prompts import PromptPool, Selection, embed_with_prompts, frozen_query
+from benchmark.models.peft.prompts import PromptPool, Selection, embed_with_prompts, frozen_query
 from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
 

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ClbenchError
-from benchmark.heads import TaskLinearHeads
+from benchmark.models.heads import TaskLinearHeads
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
-from benchmark.peft.lora import BranchEMA, LoRABranch, LoRAQKV, attach_lora
+from benchmark.models.peft.lora import BranchEMA, LoRABranch, LoRAQKV, attach_lora
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, drop_last_loader, optimizer_step, run_epochs
 

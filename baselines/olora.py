@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from benchmark.errors import ClbenchError
 from benchmark.learners.task_lora import TaskLoRAConfig, TaskLoRALearner
 from benchmark.method import ParameterReport, Task
-from benchmark.peft.lora import SLOTS, LoRABranch, LoRAQKV
+from benchmark.models.peft.lora import SLOTS, LoRABranch, LoRAQKV
 from benchmark.precision import full_precision
 from benchmark.registry import register_method
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.classifiers import CosineLinear, extract_features
+from benchmark.models.classifiers import CosineLinear, extract_features
 from benchmark.errors import ClbenchError
 from benchmark.learners.first_task_adapter import FirstTaskAdapterConfig, FirstTaskAdapterLearner
 from benchmark.method import ParameterReport, Task

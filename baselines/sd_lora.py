@@ -7,7 +7,7 @@ Spec: ``../shared/specs/more_baselines.md`` §4 (official code WuYichen-97/SD-Lo
   (alpha_i) B_i A_i x / (||B_i||_F ||A_i||_F); the current one enters as alpha_t B_t A_t x, not normalised.
 - **Magnitudes**: one scalar per task, shared by every block and by q and v; at the start of every task all of
   them (old ones too) are re-created at 0.8 and trained with the new component
-  (:mod:`benchmark.peft.decoupled_lora`).
+  (:mod:`benchmark.models.peft.decoupled_lora`).
 - **Head**: one ``Linear(dim, C_total)`` with PILOT's ``SimpleLinear`` init; the loss is the cross-entropy over the
   current task's classes (old classes masked), so old rows never change.
 - **Optimiser**: SGD, momentum 0.9, no weight decay, per-epoch MultiStepLR, rebuilt per task, whatever the
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ClbenchError
-from benchmark.heads import kaiming_linear_head, mask_to_current_task
+from benchmark.models.heads import kaiming_linear_head, mask_to_current_task
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
-from benchmark.peft.decoupled_lora import Magnitudes, attach_decoupled_lora
+from benchmark.models.peft.decoupled_lora import Magnitudes, attach_decoupled_lora
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.classifiers import CosinePrototypeClassifier, prototype_pass
+from benchmark.models.classifiers import CosinePrototypeClassifier, prototype_pass
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size
 from benchmark.registry import register_method
 

@@ -1,9 +1,12 @@
 """Name registries for methods, benchmarks and backbones.
 
-A decorator registers an object under a name (as timm's ``register_model`` does). Methods are found
-automatically in the ``methods`` and ``baselines`` packages and in installed distributions that expose the
-``clbench.methods`` entry-point group. An unknown name is a :class:`ClbenchError` listing the valid names
-and suggesting the closest one.
+A decorator registers an object under a name (as timm's ``register_model`` does). A registry fills itself on
+first use from its entry-point group, so it imports nothing of the packages that register into it (no import
+circle): the built-in methods, datasets and backbones are declared in ``pyproject.toml`` under the groups
+``clbench.methods``, ``clbench.datasets`` and ``clbench.backbones``, exactly as an installed plugin declares
+its own. An entry point names a module; importing it registers what it defines (a package such as
+``baselines`` imports each of its modules: :func:`import_submodules`). An unknown name is a
+:class:`ClbenchError` listing the valid names and suggesting the closest one.
 """
 from __future__ import annotations
 
@@ -17,18 +20,20 @@ from benchmark.errors import ClbenchError
 
 T = TypeVar("T")
 
-ENTRY_POINT_GROUP = "clbench.methods"
-BUILTIN_METHOD_PACKAGES = ("methods", "baselines")
+METHOD_GROUP = "clbench.methods"
+DATASET_GROUP = "clbench.datasets"
+BACKBONE_GROUP = "clbench.backbones"
 
 
 class Registry(Generic[T]):
     """A mapping from names to registered objects, filled by a decorator."""
 
-    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str, group: str | None = None) -> None:
+        """``group``: the entry-point group loaded on first use (None: only what is registered directly)."""
         self.kind = kind
+        self.group = group
         self._items: dict[str, T] = {}
-        self._loader = loader
-        self._loaded = loader is None
+        self._loaded = group is None
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a name may be registered once."""
@@ -50,8 +55,13 @@ class Registry(Generic[T]):
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self._loaded = True
-            assert self._loader is not None
-            self._loader()
+            self.load_entry_points()
+
+    def load_entry_points(self) -> None:
+        """Import every module of this registry's entry-point group (each registers what it defines)."""
+        if self.group is not None:
+            for entry_point in metadata.entry_points(group=self.group):
+                entry_point.load()
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
@@ -80,27 +90,18 @@ def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
     return f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(valid)}"
 
 
-def _import_builtin_and_plugin_methods() -> None:
-    for package_name in BUILTIN_METHOD_PACKAGES:
-        package = importlib.import_module(package_name)
-        for module in pkgutil.iter_modules(package.__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{package_name}.{module.name}")
-    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        entry_point.load()
+def import_submodules(package_name: str) -> None:
+    """Import every public module of a package (what a package entry point such as ``baselines`` calls in its
+    ``__init__``, so that a new method is one new file)."""
+    package = importlib.import_module(package_name)
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package_name}.{module.name}")
 
 
-def _import_builtin_benchmarks() -> None:
-    importlib.import_module("benchmark.datasets")
-
-
-def _import_builtin_backbones() -> None:
-    importlib.import_module("benchmark.backbones")
-
-
-METHODS: Registry = Registry("method", _import_builtin_and_plugin_methods)
-DATASETS: Registry = Registry("dataset", _import_builtin_benchmarks)
-BACKBONES: Registry = Registry("backbone", _import_builtin_backbones)
+METHODS: Registry = Registry("method", METHOD_GROUP)
+DATASETS: Registry = Registry("dataset", DATASET_GROUP)
+BACKBONES: Registry = Registry("backbone", BACKBONE_GROUP)
 
 
 def register_method(name: str):
@@ -109,7 +110,7 @@ def register_method(name: str):
 
 
 def register_dataset(name: str):
-    """Register a :class:`benchmark.datasets.DatasetSpec` under ``name``."""
+    """Register a :class:`benchmark.data.datasets.DatasetSpec` under ``name``."""
     return DATASETS.register(name)
 
 

@@ -5,9 +5,8 @@ behaviour is the default; the paper's variants and the Table 2/3 ablations are s
 
 - **Adapters** on the fused ``attn.qkv`` of a timm ViT (q and v by default, rank r, no scaling):
   blocks ``[0, l)`` hold one task-shared LoRA for the whole run (down-projection a fixed random orthonormal
-  matrix, up-projection zero-init and trained in every task); blocks ``[l, depth)`` get a new task-specific LoRA
-  per task (both projections trained, then frozen), scaled by that task's block weights (3 x (depth - l),
-  U(0.5, 1.5)).
+  matrix, up-projection zero-init and trained in every task); blocks ``[l, depth)`` get a new task-specific
+  LoRA per task (trained, then frozen), scaled by that task's block weights (3 x (depth - l), U(0.5, 1.5)).
 - **Training** on task t: a fresh cosine head over the task's classes, local labels, CE on the full pass. From
   task 2 on, KD at the early exit (CLS after the l shared blocks and the final LayerNorm, through the same head)
   from the previous task's shared up-projections (temperature 2, weight 5, no T^2); the KD gradient of each
@@ -21,9 +20,8 @@ behaviour is the default; the paper's variants and the Table 2/3 ablations are s
   batched along the batch dimension: l + (N - l) T block passes (spec "Permitted optimisations" 1).
 
 Switches (``--set key=value``):
-- ``kd``, ``grad_reassign``, ``block_weights``: the Table 2 components (``grad_reassign`` acts on the KD
-  gradient, so it has no effect when ``kd`` is off; without block weights w = 1 and there is no
-  orthogonality term);
+- ``kd``, ``grad_reassign``, ``block_weights``: the Table 2 components (``grad_reassign`` acts on the KD gradient:
+  no effect when ``kd`` is off; without block weights w = 1 and there is no orthogonality term);
 - ``targets``, ``rank``: the Table 3 LoRA configuration; ``shared_blocks``: the split position l (Fig. 3);
 - paper variants where the code differs (spec §8): ``update=joint`` (one objective CE + 5 KD + 1e-4 L_orth and one
   SGD step), ``orth=eq12`` (Eq. 12 on one block weight per block shared by all slots, unnormalised and summed),
@@ -37,13 +35,12 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from benchmark.backbones import cls_feature, embed_tokens, run_blocks
-from benchmark.classifiers import CosineLinear, CosinePrototypeClassifier, prototype_pass
+from benchmark import precision
 from benchmark.errors import ClbenchError
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
-from benchmark.peft.lora import LoRABranch, LoRAQKV, attach_lora
-from benchmark import precision
-from benchmark.precision import full_precision
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
+from benchmark.models.classifiers import CosineLinear, CosinePrototypeClassifier, prototype_pass
+from benchmark.models.peft.lora import LoRABranch, LoRAQKV, attach_lora
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, build_scheduler, run_epochs
 
@@ -119,7 +116,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
     Softmaxes in float32 whatever the autocast precision of the logits.
     """
-    with full_precision():
+    with precision.full_precision():
         targets = torch.softmax(teacher.float() / temperature, dim=1)
         return -(targets * torch.log_softmax(student.float() / temperature, dim=1)).sum(1).mean()
 
@@ -135,7 +132,7 @@ def reassignment_weights(teacher_up: torch.Tensor) -> torch.Tensor:
 
 def orthogonality_cosine(current: torch.Tensor, previous: list[torch.Tensor], eps: float = 1e-8) -> torch.Tensor:
     """The code's L_orth: mean over old tasks k of |<w_t/(|w_t|+eps), w_k/(|w_k|+eps)>| (flattened weights)."""
-    with full_precision():
+    with precision.full_precision():
         unit = current.flatten() / (current.norm() + eps)
         olds = torch.stack([w.flatten() / (w.norm() + eps) for w in previous])
         return (olds @ unit).abs().mean()
@@ -143,7 +140,7 @@ def orthogonality_cosine(current: torch.Tensor, previous: list[torch.Tensor], ep
 
 def orthogonality_eq12(current: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
     """The paper's Eq. 12 read literally: sum over old tasks i of sum_{j,k} |(U_t^T U_i)_jk| (U: per-block weights)."""
-    with full_precision():
+    with precision.full_precision():
         olds = torch.stack([w.flatten() for w in previous])
         return (current.flatten()[None, :, None] * olds[:, None, :]).abs().sum()
 
@@ -165,8 +162,7 @@ class CLLoRA(Method):
                    "shared_blocks": 2},
     }
     predict_variants = {"per-task passes": {"shared_trunk": False}}
-    # Backbones: the harness defaults (benchmark/runner.py DEFAULT_BACKBONES) are CL-LoRA's configs: AugReg
-    # in21k on CIFAR-100, ImageNet-A and VTAB, in21k -> in1k on ImageNet-R (inr.json).
+    # Backbones: the harness defaults (runs/resolve.py) are CL-LoRA's: AugReg in21k, in21k -> in1k on ImR (inr.json).
 
     def __init__(self, backbone, hparams: CLLoRAConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmark.backbones import tiny_vit
+from benchmark.models.backbones import tiny_vit
 from benchmark.method import Task
 
 warnings.filterwarnings("ignore", message=r".*no QP solver.*")

@@ -5,7 +5,7 @@
 Times are scaled to 10,000 images when ``--count`` differs.
 Wall-clock and CPU seconds are printed (CPU time is what a busy machine does not distort). Writes ``count`` JPEGs of 500 x 375 px (ImageNet-R's most common size) with smooth content and noise, then
 times, per 10,000 images: a header check (``Image.open`` + ``verify``), the chosen check (1/8-scale JPEG decode,
-:func:`benchmark.preflight.decode_image`), a full decode, and :func:`benchmark.preflight.check_images` on the
+:func:`benchmark.data.image_check.decode_image`), a full decode, and :func:`benchmark.data.image_check.check_images` on the
 first run (no cache; worker processes) and cached (stat only).
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def full_decode(path: str) -> str | None:
 
 
 def main() -> None:
-    from benchmark.preflight import CACHE_ENV, check_images, decode_image, default_workers
+    from benchmark.data.image_check import CACHE_ENV, available_workers, check_images, decode_image
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=10_000)
@@ -81,7 +81,7 @@ def main() -> None:
         bad = [path for path in paths if check(path) is not None]
         print(f"{name:<40} {(time.perf_counter() - began) * scale:7.1f} s per 10,000 "
               f"({(time.process_time() - cpu) * scale:.1f} s CPU; {len(bad)} bad)")
-    for label in (f"check_images first run, {default_workers()} workers", "check_images cached"):
+    for label in (f"check_images first run, {available_workers()} workers", "check_images cached"):
         began = time.perf_counter()
         bad = check_images(paths, directory / "tree")
         print(f"{label:<40} {(time.perf_counter() - began) * scale:7.1f} s per 10,000 ({len(bad)} bad)")

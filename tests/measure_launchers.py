@@ -46,10 +46,10 @@ def metrics_of(results: Path) -> dict[str, dict]:
 def dispatch_overhead(results: Path, methods: str | None, seeds: str, cpus: int, repeats: int) -> dict:
     import ray
 
-    from benchmark.cli import _methods
-    from benchmark.launchers import _portable, execute_on_worker
-    from benchmark.plan import parse_seeds
-    from benchmark.runner import RunRequest, resolve_run
+    from benchmark.cli.common import selected_methods as _methods
+    from benchmark.runs.launchers import _portable, execute_on_worker
+    from benchmark.runs.plan import parse_seeds
+    from benchmark.runs.resolve import RunRequest, resolve_run
 
     runs = [_portable(resolve_run(RunRequest(bench="digits_t5", method=method, seed=seed, results_dir=results)))
             for method in _methods(methods) for seed in parse_seeds(seeds)]

@@ -1,4 +1,4 @@
-"""AdaptFormer adapters parallel to the MLP (``benchmark/peft/adapter.py``; prompt_baselines.md §1.9)."""
+"""AdaptFormer adapters parallel to the MLP (``benchmark/models/peft/adapter.py``; prompt_baselines.md §1.9)."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import timm
 import torch
 
 from benchmark.errors import ClbenchError
-from benchmark.peft.adapter import (Adapter, AdaptedMLP, adapter_set_parameters, add_adapter_set, attach_adapters,
+from benchmark.models.peft.adapter import (Adapter, AdaptedMLP, adapter_set_parameters, add_adapter_set, attach_adapters,
                                     use_adapter_chunks, use_adapter_set)
 from conftest import make_tiny_vit
 
@@ -125,7 +125,7 @@ def test_parameter_count_per_set_at_vit_b16():
 
 
 def test_refuses_layerscale_and_drop_path():
-    from benchmark.backbones import tiny_vit
+    from benchmark.models.backbones import tiny_vit
 
     with_ls = tiny_vit()
     with_ls.blocks[1].ls2 = timm.layers.LayerScale(64, init_values=1e-5)

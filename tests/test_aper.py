@@ -7,9 +7,9 @@ import torch
 import benchmark.learners.first_task_adapter as first_task_adapter
 from baselines.aper import APER, AperConfig
 from baselines.simplecil import SimpleCIL, SimpleCILConfig
-from benchmark.classifiers import CosinePrototypeClassifier, extract_features
+from benchmark.models.classifiers import CosinePrototypeClassifier, extract_features
 from benchmark.config import resolve_hparams
-from benchmark.runner import RunRequest, describe_parameters, resolve_run
+from benchmark.runs.resolve import RunRequest, describe_parameters, resolve_run
 from conftest import make_tasks, make_tiny_vit
 
 NUM_TASKS, CLASSES = 3, 2

@@ -63,7 +63,7 @@ def test_other_pretrained_weights_are_refused():
 
 def test_run_checkpoint_on_disk_is_lean(tmp_path):
     from benchmark.cli import main
-    from benchmark.results import RunStore
+    from benchmark.store.results import RunStore
 
     assert main(["run", "--methods", "cl_lora", "--max-tasks", "1", "--results-dir", str(tmp_path), "--quiet"]) == 0
     store = RunStore(tmp_path, "digits_t5", "cl_lora", 1993)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmark.backbones import build_backbone, embed_tokens
+from benchmark.models.backbones import build_backbone, embed_tokens
 from benchmark.config import resolve_hparams
 from benchmark.method import Task
 from benchmark.registry import METHODS
@@ -466,7 +466,7 @@ def test_learns_and_forgets_less_than_finetuning():
 
 
 def test_speed_report_on_a_tiny_vit():
-    from benchmark.speed import format_speed_report, speed_report
+    from benchmark.runs.speed import format_speed_report, speed_report
 
     report = speed_report("vit_tiny_random", num_tasks=3, batch_size=4, repeats=1, rank=4)
     assert report["max_abs_logit_diff"] <= 1e-5 and report["same_predictions"]

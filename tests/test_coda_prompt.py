@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from baselines.coda_prompt import CodaPrompt, CodaPromptConfig
-from benchmark.backbones import cls_feature, embed_tokens, run_blocks
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.cli import main
 from benchmark.errors import ClbenchError
-from benchmark.peft.prefix import prefixes_set
-from benchmark.peft.prompts import ComponentPool, frozen_query, gram_schmidt_refill, orthogonality_penalty
-from benchmark.runner import RunRequest, describe_parameters, resolve_run
-from benchmark.streams import class_order
+from benchmark.models.peft.prefix import prefixes_set
+from benchmark.models.peft.prompts import ComponentPool, frozen_query, gram_schmidt_refill, orthogonality_penalty
+from benchmark.runs.resolve import RunRequest, describe_parameters, resolve_run
+from benchmark.data.streams import class_order
 from benchmark.training import drop_last_loader
 from conftest import make_tasks, make_tiny_vit
 from fabricate import write_dataset

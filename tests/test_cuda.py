@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.registry import METHODS
-from benchmark.speed import _randomise_added
+from benchmark.runs.speed import _randomise_added
 from conftest import make_tasks, make_tiny_vit
 from test_methods_generic import build
 

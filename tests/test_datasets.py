@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.datasets.cifar100 import CIFAR100
-from benchmark.datasets.digits import DIGITS, stratified_train_mask
-from benchmark.datasets.folders import IMAGENET_A, IMAGENET_R, VTAB
+from benchmark.data.datasets.cifar100 import CIFAR100
+from benchmark.data.datasets.digits import DIGITS, stratified_train_mask
+from benchmark.data.datasets.folders import IMAGENET_A, IMAGENET_R, VTAB
 from benchmark.errors import ClbenchError, DataError
-from benchmark.transforms import digits_transforms, pilot_transforms, resize_side
+from benchmark.data.transforms import digits_transforms, pilot_transforms, resize_side
 from fabricate import cifar_pixels, corrupt_file, wnid_names, write_cifar100, write_dataset, write_image_folders
 
 
@@ -188,7 +188,7 @@ def test_unknown_profile_or_normalize():
 
 # -- the shapes that pretrain vit_tiny_shapes, and its weights ----------------------------------------------
 def test_shape_drawing_is_seeded_bright_on_dark():
-    from benchmark.pretrain_shapes import SHAPES, draw_batch
+    from benchmark.models.pretrain_shapes import SHAPES, draw_batch
 
     labels = torch.arange(len(SHAPES)).repeat(2)
     images = draw_batch(labels, torch.Generator().manual_seed(3))
@@ -201,7 +201,7 @@ def test_shape_drawing_is_seeded_bright_on_dark():
 
 
 def test_vit_tiny_shapes_weights_load():
-    from benchmark.backbones import build_backbone, tiny_vit
+    from benchmark.models.backbones import build_backbone, tiny_vit
 
     pretrained = build_backbone("vit_tiny_shapes")
     assert pretrained.state_dict().keys() == tiny_vit().state_dict().keys()

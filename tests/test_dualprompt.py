@@ -5,8 +5,8 @@ import logging
 import torch
 
 from baselines.dualprompt import DualPrompt, DualPromptConfig
-from benchmark.backbones import build_backbone
-from benchmark.peft.prompts import frozen_query
+from benchmark.models.backbones import build_backbone
+from benchmark.models.peft.prompts import frozen_query
 from conftest import accuracy, make_tasks, make_tiny_vit
 
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from baselines.ease import (EASE, EASEConfig, SubspacePrototypes, concatenated_cosine, reweighted_logits,
                             semantic_completion, subspace_weights)
-from benchmark.classifiers import extract_features
+from benchmark.models.classifiers import extract_features
 from benchmark.method import SilentMonitor
-from benchmark.runner import RunRequest, describe_parameters, resolve_run
+from benchmark.runs.resolve import RunRequest, describe_parameters, resolve_run
 from conftest import accuracy, make_tasks, make_tiny_vit
 
 TINY = dict(epochs=1, batch_size=8, lr=0.05, bottleneck=4)

@@ -178,7 +178,7 @@ def test_plot_and_table_on_missing_or_empty_dir(tmp_path, capsys):
 
 
 def test_default_workers_are_min_8_and_available_cpus(monkeypatch):
-    from benchmark.runner import default_workers
+    from benchmark.runs.resolve import default_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert default_workers("imr") == 2 and default_workers("digits") == 0

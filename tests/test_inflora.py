@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from baselines.inflora import InfLoRA, InfLoRAConfig, design_down_projection
-from benchmark.backbones import build_backbone
+from benchmark.models.backbones import build_backbone
 from benchmark.config import resolve_hparams
-from benchmark.peft.gpm import REMOVE, RETAIN, DualGPM, gpm_threshold
-from benchmark.runner import RunRequest, describe_parameters, resolve_run
+from benchmark.models.peft.gpm import REMOVE, RETAIN, DualGPM, gpm_threshold
+from benchmark.runs.resolve import RunRequest, describe_parameters, resolve_run
 from conftest import make_tasks, make_tiny_vit
 
 DIM = 8

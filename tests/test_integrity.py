@@ -48,7 +48,7 @@ def test_fingerprint_is_stored(partial_run):
     config = json.loads((run_dir(partial_run) / "config.json").read_text())
     fingerprint = config["fingerprint"]
     assert fingerprint["eval_counts"] == [73, 146, 220, 293, 364]  # 364 digits test images, 2 classes a task
-    from benchmark.integrity import labels_digest
+    from benchmark.store.integrity import labels_digest
 
     with np.load(run_dir(partial_run) / "predictions" / "task1.npz") as data:
         assert labels_digest(data["labels"]) == fingerprint["eval_labels_sha256"][1]

@@ -4,8 +4,8 @@ import dataclasses
 import torch
 
 from baselines.l2p import L2P, L2PConfig
-from benchmark.backbones import build_backbone
-from benchmark.peft.prompts import frozen_query
+from benchmark.models.backbones import build_backbone
+from benchmark.models.peft.prompts import frozen_query
 from conftest import accuracy, make_tasks, make_tiny_vit
 
 

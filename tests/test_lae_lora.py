@@ -12,9 +12,9 @@ from baselines.lae_lora import LAEConfig, LAELoRA, ensemble_scores
 from benchmark.cli import main
 from benchmark.config import resolve_hparams
 from benchmark.errors import ClbenchError
-from benchmark.heads import TaskLinearHeads
-from benchmark.peft.lora import BranchEMA, LoRABranch, LoRAQKV, attach_lora
-from benchmark.runner import RunRequest, resolve_run
+from benchmark.models.heads import TaskLinearHeads
+from benchmark.models.peft.lora import BranchEMA, LoRABranch, LoRAQKV, attach_lora
+from benchmark.runs.resolve import RunRequest, resolve_run
 from benchmark.training import drop_last_loader
 from conftest import make_tasks, make_tiny_vit
 

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.live import LiveTable
-from benchmark.metrics import Evaluation
-from benchmark.results import atomic_write_json
-from benchmark.runner import RunOutcome, RunRequest, resolve_run
+from benchmark.runs.live import LiveTable
+from benchmark.reporting.metrics import Evaluation
+from benchmark.store.results import atomic_write_json
+from benchmark.runs.runner import RunOutcome
+from benchmark.runs.resolve import RunRequest, resolve_run
 
 
 def test_rows_follow_the_run_folders(tmp_path: Path, capsys):

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.locking import RunLocked, lock_path, read_holder, run_lock
+from benchmark.store.locking import RunLocked, lock_path, read_holder, run_lock
 
-HOLD = ("import sys, time; from benchmark.locking import run_lock\n"
+HOLD = ("import sys, time; from benchmark.store.locking import run_lock\n"
         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n")
 
 
@@ -92,8 +92,8 @@ def test_run_after_holder_was_killed_trains(tmp_path, holder, capsys):
 
 
 def test_table_shows_a_killed_running_run_as_stopped(tmp_path, holder):
-    from benchmark.report import load_results
-    from benchmark.results import atomic_write_json
+    from benchmark.reporting.tables import load_results
+    from benchmark.store.results import atomic_write_json
 
     folders = {name: tmp_path / "results" / "digits_t5" / name / "seed1993" for name in ("alive", "killed")}
     processes = {name: holder(folder) for name, folder in folders.items()}

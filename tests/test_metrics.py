@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from benchmark.metrics import Evaluation, accuracy_percent, compute_metrics, forgetting_avalanche, forgetting_pilot
+from benchmark.reporting.metrics import Evaluation, accuracy_percent, compute_metrics, forgetting_avalanche, forgetting_pilot
 
 VTAB_TEST_SIZES = [1000, 400, 985, 5400, 834]
 # correct predictions per group after each task, giving the golden matrix's percentages

@@ -17,11 +17,11 @@ import torch
 from baselines.inflora import InfLoRA, InfLoRAConfig
 from baselines.l2p import L2P, L2PConfig
 from benchmark.config import resolve_hparams
-from benchmark.metrics import Evaluation, compute_metrics
-from benchmark.peft.gpm import DualGPM
-from benchmark.peft.prompts import embed_with_prompts, frozen_query
-from benchmark.results import atomic_write_bytes, atomic_write_json
-from benchmark.streams import build_stream
+from benchmark.reporting.metrics import Evaluation, compute_metrics
+from benchmark.models.peft.gpm import DualGPM
+from benchmark.models.peft.prompts import embed_with_prompts, frozen_query
+from benchmark.store.results import atomic_write_bytes, atomic_write_json
+from benchmark.data.streams import build_stream
 from benchmark.training import run_epochs
 from conftest import make_tasks, make_tiny_vit
 from test_cl_lora import at_second_task, reference_update
@@ -165,7 +165,7 @@ def test_run_epochs_steps_the_scheduler_once_per_epoch():
     assert events == (["batch"] * 4 + ["schedule"]) * 3
 
 
-# -- metrics: survivors of `make mutants` on benchmark/metrics.py -------------------------------------------------
+# -- metrics: survivors of `make mutants` on benchmark/reporting/metrics.py -------------------------------------------------
 def test_top5_curve_counts_a_hit_anywhere_in_the_top5():
     """Top-5 accuracy: a sample is right when its label is among its five best classes (3 of 4 here)."""
     labels = np.array([0, 1, 2, 3])
@@ -177,7 +177,7 @@ def test_top5_curve_counts_a_hit_anywhere_in_the_top5():
 
 def test_a_task_without_test_images_is_nan_not_zero():
     """A task group with no evaluation images has no accuracy (NaN in the matrix, None in JSON), never 0 %."""
-    from benchmark.metrics import accuracy_row
+    from benchmark.reporting.metrics import accuracy_row
 
     evaluation = Evaluation(labels=np.array([0, 0, 2]), top5=np.array([[0], [1], [2]]))
     row = accuracy_row(evaluation, [1, 1, 1], 2)

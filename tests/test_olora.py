@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from baselines.olora import OLoRA, OLoRAConfig, orthogonality_penalty
-from benchmark.backbones import build_backbone
+from benchmark.models.backbones import build_backbone
 from benchmark.config import resolve_hparams
-from benchmark.peft.lora import SLOTS, attach_lora
-from benchmark.runner import RunRequest, describe_parameters, resolve_run
+from benchmark.models.peft.lora import SLOTS, attach_lora
+from benchmark.runs.resolve import RunRequest, describe_parameters, resolve_run
 from conftest import make_tasks, make_tiny_vit
 
 

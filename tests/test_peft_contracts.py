@@ -1,12 +1,12 @@
-"""Contracts of the shared mechanics in ``benchmark/peft/`` that no method test reaches: seeded inits, the
+"""Contracts of the shared mechanics in ``benchmark/models/peft/`` that no method test reaches: seeded inits, the
 errors that refuse a wrong use, and the rules a wrapper keeps between its components."""
 import pytest
 import torch
 from torch import nn
 
-from benchmark.peft.decoupled_lora import DecoupledLoRAQKV, Magnitudes, attach_decoupled_lora
-from benchmark.peft.lora import attach_lora, gaussian_svd_init
-from benchmark.peft.prompts import embed_with_prompts
+from benchmark.models.peft.decoupled_lora import DecoupledLoRAQKV, Magnitudes, attach_decoupled_lora
+from benchmark.models.peft.lora import attach_lora, gaussian_svd_init
+from benchmark.models.peft.prompts import embed_with_prompts
 from conftest import make_tiny_vit
 
 
@@ -99,7 +99,7 @@ def test_coda_refills_a_task_from_the_methods_own_generator(monkeypatch):
 
 def test_adapters_refuse_what_they_cannot_wrap():
     from benchmark.errors import ClbenchError
-    from benchmark.peft.adapter import Adapter, add_adapter_set, attach_adapters
+    from benchmark.models.peft.adapter import Adapter, add_adapter_set, attach_adapters
 
     Adapter(8, 1)
     with pytest.raises(ClbenchError, match="^adapter bottleneck must be >= 1, got 0$"):

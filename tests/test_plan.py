@@ -10,8 +10,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.errors import ClbenchError
-from benchmark.plan import method_variants, parse_seeds, preset_variants
-from benchmark.report import paper_numbers
+from benchmark.runs.plan import method_variants, parse_seeds, preset_variants
+from benchmark.reporting.tables import paper_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_dry_run_lists_the_table2_variants_and_writes_nothing(tmp_path, capsys):
     assert main(["run", "--methods", "simplecil", "--results-dir", str(tmp_path), "--max-tasks", "2",
                  "--quiet"]) == 0
     # a finished run of the same benchmark and method (not planned) that took 30 s + 10 s
-    from benchmark.results import atomic_write_json
+    from benchmark.store.results import atomic_write_json
     done = tmp_path / "digits_t5" / "simplecil" / "seed7"
     atomic_write_json(done / "config.json", {"bench": "digits_t5", "method": "simplecil", "seed": 7})
     atomic_write_json(done / "metrics.json", {"train_seconds": 30.0, "eval_seconds": 10.0})
@@ -115,7 +115,7 @@ def test_local_launcher_never_imports_ray(tmp_path):
 
 def test_variant_rows_get_the_published_number_beside_them(tmp_path, capsys):
     """`bench table --paper` on stored runs of two Table 2 variants (fabricated folders: no ImageNet-R here)."""
-    from benchmark.results import atomic_write_json
+    from benchmark.store.results import atomic_write_json
 
     for variant, avg in (("kd+gr", 80.0), ("bw", 79.0)):
         run_dir = tmp_path / "imr_t40" / f"cl_lora[{variant}]" / "seed1993"

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from benchmark import precision
-from benchmark.classifiers import prototype_pass
+from benchmark.models.classifiers import prototype_pass
 from benchmark.cli import main
 from benchmark.errors import ClbenchError
-from benchmark.peft.gpm import DualGPM
+from benchmark.models.peft.gpm import DualGPM
 from benchmark.precision import autocast, full_precision, training_precision
-from benchmark.report import summary_table
-from benchmark.runner import make_loader
+from benchmark.reporting.tables import summary_table
+from benchmark.runs.evaluation import make_loader
 from benchmark.training import optimizer_step
 from baselines.ease import semantic_completion
 from baselines.inflora import design_down_projection

@@ -117,7 +117,7 @@ def test_broken_images_are_all_named_before_training(tmp_path, image_cache, caps
 
 
 def test_header_check_misses_a_truncated_jpeg_that_decode_finds(tmp_path):
-    from benchmark.preflight import decode_image
+    from benchmark.data.image_check import decode_image
 
     path = tmp_path / "cut.jpg"
     data = noisy_jpeg(path, size=128)
@@ -131,7 +131,7 @@ def test_header_check_misses_a_truncated_jpeg_that_decode_finds(tmp_path):
 def test_verdict_cache_is_keyed_by_path_size_and_mtime(tmp_path, monkeypatch):
     import os
 
-    import benchmark.preflight as preflight
+    import benchmark.data.image_check as preflight
 
     paths = [tmp_path / f"img_{index}.jpg" for index in range(3)]
     for index, path in enumerate(paths):

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from benchmark.backbones import cls_feature, embed_tokens, run_blocks
-from benchmark.peft.prefix import (PrefixAttention, attach_prefix, official_prefix_order, prefixes_set,
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
+from benchmark.models.peft.prefix import (PrefixAttention, attach_prefix, official_prefix_order, prefixes_set,
                                    split_prompt_tokens)
-from benchmark.peft.prompts import PromptPool, batch_majority, embed_with_prompts, frozen_query, l2_normalize
+from benchmark.models.peft.prompts import PromptPool, batch_majority, embed_with_prompts, frozen_query, l2_normalize
 from conftest import make_tiny_vit
 
 

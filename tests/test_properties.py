@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmark.config import as_dict, parse_overrides, resolve_hparams
-from benchmark.metrics import Evaluation, compute_metrics
+from benchmark.reporting.metrics import Evaluation, compute_metrics
 from benchmark.registry import DATASETS, METHODS
-from benchmark.streams import build_stream, parse_benchmark
+from benchmark.data.streams import build_stream, parse_benchmark
 from fabricate import write_all_datasets
 
 

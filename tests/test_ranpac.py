@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 import benchmark.learners.first_task_adapter as first_task_adapter
 from baselines.ranpac import RIDGE_GRID, RanPAC, RanPACConfig, random_features, ridge_solve, select_ridge
-from benchmark.classifiers import extract_features
+from benchmark.models.classifiers import extract_features
 from benchmark.config import resolve_hparams
-from benchmark.runner import RunRequest, describe_parameters, resolve_run
+from benchmark.runs.resolve import RunRequest, describe_parameters, resolve_run
 from conftest import make_tasks, make_tiny_vit
 
 NUM_TASKS, CLASSES, M = 3, 2, 48

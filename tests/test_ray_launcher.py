@@ -17,7 +17,7 @@ import pytest
 import ray
 
 from benchmark.cli import main
-from benchmark.locking import read_holder
+from benchmark.store.locking import read_holder
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--set", "finetune.epochs=1", "--quiet", "--workers", "0", "--bench", "digits_t5"]

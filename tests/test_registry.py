@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.config import parse_overrides, resolve_hparams
 from benchmark.errors import ClbenchError
-from benchmark.registry import METHODS, Registry, _import_builtin_and_plugin_methods
+from benchmark.registry import METHODS, Registry
 
 
 def test_builtin_methods_are_discovered():
@@ -45,7 +45,7 @@ def test_entry_point_plugin_is_registered(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[clbench.methods]\ndemo_plugin = clbench_demo_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        _import_builtin_and_plugin_methods()
+        METHODS.load_entry_points()
         assert "demo_plugin" in METHODS.names()
         assert METHODS.get("demo_plugin").__doc__.startswith("A plugin method")
     finally:

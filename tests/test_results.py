@@ -7,10 +7,10 @@ import stat
 import numpy as np
 import pytest
 
-from benchmark.integrity import IntegrityError
-from benchmark.locking import LOCK_NAME
-from benchmark.metrics import Evaluation
-from benchmark.results import RunStore, atomic_write_json, find_runs
+from benchmark.store.integrity import IntegrityError
+from benchmark.store.locking import LOCK_NAME
+from benchmark.reporting.metrics import Evaluation
+from benchmark.store.results import RunStore, atomic_write_json, find_runs
 
 
 @pytest.fixture

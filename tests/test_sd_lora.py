@@ -8,9 +8,9 @@ from torch import nn
 
 from baselines.sd_lora import SDLoRA, SDLoRAConfig
 from benchmark.config import resolve_hparams
-from benchmark.peft.decoupled_lora import DecoupledLoRAQKV, Magnitudes
-from benchmark.peft.lora import SLOTS
-from benchmark.runner import RunRequest, resolve_run
+from benchmark.models.peft.decoupled_lora import DecoupledLoRAQKV, Magnitudes
+from benchmark.models.peft.lora import SLOTS
+from benchmark.runs.resolve import RunRequest, resolve_run
 from benchmark.training import build_optimizer, build_scheduler
 from conftest import make_tasks, make_tiny_vit
 
@@ -411,7 +411,7 @@ def test_cli_describe_and_params(capsys):
 def test_paper_numbers_show_beside_matching_runs():
     import pandas as pd
 
-    from benchmark.report import summary_table
+    from benchmark.reporting.tables import summary_table
 
     runs = pd.DataFrame([{"bench": "imr_t10", "method": "sd_lora", "seed": 1993, "state": "finished",
                           "avg_acc": 80.0, "last_acc": 75.0, "trainable_task_pct": 0.43}])

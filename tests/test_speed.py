@@ -4,7 +4,7 @@ import json
 import torch
 
 from benchmark.cli import main
-from benchmark.speed import inference_speed, train_speed
+from benchmark.runs.speed import inference_speed, train_speed
 
 CPU = torch.device("cpu")
 
@@ -37,7 +37,7 @@ def test_speed_command_writes_json(tmp_path, capsys):
 
 
 def test_first_task_only_methods_are_timed_on_their_first_task():
-    from benchmark.speed import method_speed_report
+    from benchmark.runs.speed import method_speed_report
 
     report = method_speed_report(["aper"], "vit_tiny_random", ["fp32"], CPU, steps=1, train_batch_size=4,
                                  num_tasks=2, eval_batch_size=4, family="digits", echo=lambda line: None)
@@ -47,7 +47,7 @@ def test_first_task_only_methods_are_timed_on_their_first_task():
 
 def test_every_registered_method_is_timed():
     from benchmark.registry import METHODS
-    from benchmark.speed import method_speed_report
+    from benchmark.runs.speed import method_speed_report
 
     report = method_speed_report(METHODS.names(), "vit_tiny_random", ["fp32"], CPU, steps=1, train_batch_size=4,
                                  num_tasks=2, eval_batch_size=4, family="digits", echo=lambda line: None)

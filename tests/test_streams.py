@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmark.errors import ClbenchError, DataError
-from benchmark.streams import (benchmark_family, build_stream, class_order, default_data_root, named_benchmarks,
+from benchmark.data.streams import (benchmark_family, build_stream, class_order, default_data_root, named_benchmarks,
                                parse_benchmark)
 from fabricate import corrupt_file, write_all_datasets, write_dataset
 

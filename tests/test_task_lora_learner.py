@@ -12,8 +12,8 @@ from baselines.inflora import InfLoRA, InfLoRAConfig
 from baselines.olora import OLoRA, OLoRAConfig
 from benchmark.cli import main
 from benchmark.config import resolve_hparams
-from benchmark.metrics import accuracy_percent
-from benchmark.peft.lora import attach_lora
+from benchmark.reporting.metrics import accuracy_percent
+from benchmark.models.peft.lora import attach_lora
 from benchmark.training import build_optimizer, build_scheduler
 from conftest import make_tasks, make_tiny_vit
 

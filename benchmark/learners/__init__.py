@@ -5,5 +5,7 @@
 - :mod:`benchmark.learners.task_lora`: one LoRA branch per task + per-task heads (InfLoRA, O-LoRA);
 - :mod:`benchmark.learners.first_task_adapter`: one adapter set tuned on the first task only (APER, RanPAC).
 
-Mechanics they compose (LoRA branches, prompt pools, prefix attention, adapters) live in :mod:`benchmark.peft`.
+Mechanics they compose (LoRA branches, prompt pools, prefix attention, adapters) live in
+:mod:`benchmark.models.peft`. May import: ``benchmark.models``, ``benchmark.data`` and the shared top; never a
+method, the runs or the CLI.
 """

@@ -2,7 +2,7 @@
 
 Specs: ``../shared/specs/more_baselines.md`` §2.1-2.2 (APER), ``../shared/specs/prompt_baselines.md`` §7 (RanPAC).
 
-- A frozen ViT with one AdaptFormer adapter set (:mod:`benchmark.peft.adapter`; r, s = 0.1, dropout 0.1).
+- A frozen ViT with one AdaptFormer adapter set (:mod:`benchmark.models.peft.adapter`; r, s = 0.1, dropout 0.1).
 - **First task only:** the adapters and a fresh cosine head ``CosineLinear(dim, n_0)`` with learnable σ are
   trained with CE; SGD (momentum 0.9, weight decay on every trained tensor), CosineAnnealingLR(T_max = epochs,
   η_min = ``min_lr``) stepped per epoch; train mode (adapter dropout on). Then the adapters are frozen and the
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.classifiers import CosineLinear
+from benchmark.models.classifiers import CosineLinear
 from benchmark.errors import ClbenchError
 from benchmark.method import Method, MethodConfig, Task, backbone_size, count_parameters
-from benchmark.peft.adapter import adapter_set_parameters, add_adapter_set, attach_adapters, use_adapter_set
+from benchmark.models.peft.adapter import adapter_set_parameters, add_adapter_set, attach_adapters, use_adapter_set
 from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
 
 ADAPTER_SET = 0

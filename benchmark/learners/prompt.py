@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from benchmark.heads import linear_head, mask_to_current_task
+from benchmark.models.heads import linear_head, mask_to_current_task
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
-from benchmark.peft.prompts import Selection
+from benchmark.models.peft.prompts import Selection
 from benchmark.training import build_optimizer, build_scheduler, drop_last_loader, optimizer_step, run_epochs
 
 
@@ -64,7 +64,7 @@ class PromptLearner(Method):
     drop_last: ClassVar[bool] = False
     """Drop the last incomplete training batch of every epoch (CODA-P's train loader)."""
     head_init: ClassVar[str] = "trunc_normal"
-    """Init of the ``Linear(dim, C_total)`` head (:func:`benchmark.heads.linear_head`)."""
+    """Init of the ``Linear(dim, C_total)`` head (:func:`benchmark.models.heads.linear_head`)."""
 
     def __init__(self, backbone, hparams: PromptLearnerConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

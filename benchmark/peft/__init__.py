@@ -1,1 +1,0 @@
-"""Parameter-efficient fine-tuning mechanics shared by methods: LoRA on timm's fused qkv, prompts, prefixes."""
