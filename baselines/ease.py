@@ -21,21 +21,22 @@ every shipped config and are not implemented.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.errors import ClbenchError
+from benchmark.learners.adapter_tuning import AdapterTuningConfig, tune_adapter_set
+from benchmark.method import Method, ParameterReport, Task, backbone_size, count_parameters
 from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.models.classifiers import CosineLinear, prototype_pass
-from benchmark.errors import ClbenchError
-from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
 from benchmark.models.peft.adapter import (AdaptedMLP, adapter_set_parameters, add_adapter_set, attach_adapters,
                                    use_adapter_chunks, use_adapter_set)
 from benchmark.registry import register_method
 from benchmark.precision import full_precision
-from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
 
 GPU_PASS_IMAGES = 512
 """Default bound on the images of one batched multi-set pass on CUDA (``max_sets_per_pass=None``)."""
@@ -130,8 +131,9 @@ class SubspacePrototypes(nn.Module):
 
 # -- the method --------------------------------------------------------------------------------------------
 @dataclass
-class EASEConfig(MethodConfig):
-    """EASE hyper-parameters; class defaults are PILOT ``exps/ease.json`` (CIFAR-100), per family in ``default_cfgs``."""
+class EASEConfig(AdapterTuningConfig):
+    """EASE hyper-parameters; class defaults are PILOT ``exps/ease.json`` (CIFAR-100), per family in ``default_cfgs``.
+    Each task's adapter set is tuned as APER's and RanPAC's first one (:mod:`benchmark.learners.adapter_tuning`)."""
 
     batch_size: int = 48
     """Train batch size (also PILOT's test batch size; EASE's predictions do not depend on it)."""
@@ -139,16 +141,10 @@ class EASEConfig(MethodConfig):
     """Epochs per task (``init_epochs`` = ``later_epochs`` in every shipped config)."""
     lr: float = 0.025
     """SGD learning rate, cosine-annealed per epoch to 0 (``min_lr`` 0); a new optimiser per task."""
-    weight_decay: float = 5e-4
-    """On every trained tensor: the adapter set, the local head and its sigma."""
-    momentum: float = 0.9
-    """SGD momentum (hard-coded 0.9 upstream)."""
     bottleneck: int = 64
     """Adapter bottleneck r (``ffn_num``): 64, 16 in the EASE repository's VTAB configs."""
-    adapter_scale: float = 0.1
-    """s, the factor on the adapter's output (``ffn_adapter_scalar``)."""
-    adapter_dropout: float = 0.1
-    """Dropout inside the adapter, after the ReLU (training only)."""
+    defaults_source: str = "PILOT exps/ease.json"
+    """Where the benchmark family's defaults come from (recorded in the saved config, not used in training)."""
     alpha: float = 0.1
     """Weight of the other subspaces' cosines, divided by the current task's 0-based number."""
     recalc_sim: bool = True
@@ -159,15 +155,13 @@ class EASEConfig(MethodConfig):
     max_sets_per_pass: int | None = None
     """Adapter sets batched along the batch dimension per inference pass (0: all). None: as many as fit in 512
     images per pass on CUDA; one per pass on CPU, where big batches are memory-bound. Results are equal."""
-    defaults_source: str = "PILOT exps/ease.json"
-    """Where the benchmark family's defaults come from (recorded in the saved config, not used in training)."""
+
+    min_epochs: ClassVar[int] = 1
 
     def validate(self) -> None:
         super().validate()
-        if self.epochs < 1 or self.lr <= 0 or self.bottleneck < 1:
-            raise ClbenchError("epochs and bottleneck must be >= 1 and lr > 0")
-        if not 0 <= self.adapter_dropout < 1 or self.alpha < 0 or (self.max_sets_per_pass or 0) < 0:
-            raise ClbenchError("adapter_dropout must be in [0, 1), alpha >= 0 and max_sets_per_pass >= 0")
+        if self.alpha < 0 or (self.max_sets_per_pass or 0) < 0:
+            raise ClbenchError("alpha and max_sets_per_pass must be >= 0")
 
 
 _INR = {"epochs": 20, "batch_size": 16, "lr": 0.05, "weight_decay": 5e-3, "bottleneck": 64}
@@ -200,8 +194,6 @@ class EASE(Method):
         # A plain list: the wrappers are registered once, inside the backbone.
         self.wrappers: list[AdaptedMLP] = attach_adapters(self.backbone)
         self.classifier = SubspacePrototypes(self.feature_dim)
-        self.local_head: CosineLinear | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
         self.to(self.device)
 
     # -- structure ---------------------------------------------------------------------------------
@@ -267,24 +259,13 @@ class EASE(Method):
     # -- training ----------------------------------------------------------------------------------
     def train_task(self, task: Task) -> None:
         """Train a new adapter set and local head on the task; then prototypes and semantic completion."""
-        hp = self.hparams
         index = self.num_sets
         if index != len(self.task_sizes):
             raise ClbenchError(f"EASE holds {index} adapter sets for {len(self.task_sizes)} learned tasks")
         generator = self._add_set(index)
-        self.local_head = CosineLinear(self.feature_dim, task.num_classes, generator=generator).to(self.device)
-        self.optimizer = build_optimizer(self.trainable_parameters(), "sgd", hp.lr, hp.weight_decay, hp.momentum)
-        scheduler = build_scheduler(self.optimizer, "cosine", hp.epochs)
-        known = task.known_classes
-
-        def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            logits = self.local_head(self.set_feature(images, index))
-            return optimizer_step(self.optimizer, F.cross_entropy(logits, labels - known))
-
-        run_epochs(task, hp.epochs, step, self.device, scheduler)
-        for parameter in self.set_parameters(index):
-            parameter.requires_grad_(False)
-        self.optimizer = self.local_head = None
+        head = CosineLinear(self.feature_dim, task.num_classes, generator=generator).to(self.device)
+        tune_adapter_set(lambda images: self.set_feature(images, index), self.set_parameters(index), head, task,
+                         self.hparams, self.device)
         self.update_classifier(task)
 
     def update_classifier(self, task: Task) -> None:

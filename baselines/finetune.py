@@ -41,6 +41,7 @@ class Finetune(Method):
 
     config_class = FinetuneConfig
     trains_backbone = True
+    global_rng_tensors = frozenset({"head.weight", "head.bias"})  # nn.Linear's own init, from the run-seeded RNG
     default_cfgs = {
         "default": {"epochs": 5, "lr": 0.005, "batch_size": 32},
         "digits": {"epochs": 4, "lr": 0.01, "batch_size": 32},

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ClbenchError
-from benchmark.models.heads import TaskLinearHeads
+from benchmark.models.heads import TaskLinearHeads, kaiming_linear_head
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
 from benchmark.models.peft.lora import BranchEMA, LoRABranch, LoRAQKV, attach_lora
 from benchmark.registry import register_method
@@ -162,12 +162,7 @@ class LAELoRA(Method):
         """Head of task ``index``; at task 1, the offline PET as an exact copy of the online one."""
         generator = self.make_generator(1 + index)
         if self.hparams.lae_impl == "pilot":
-            head = self.heads.add_head(num_classes, generator)
-            weight = nn.init.kaiming_uniform_(torch.empty(head.weight.shape), nonlinearity="linear",
-                                              generator=generator)  # PILOT's SimpleLinear init, drawn on the CPU
-            with torch.no_grad():
-                head.weight.copy_(weight)
-                head.bias.zero_()
+            head = self.heads.append(kaiming_linear_head(self.heads.feature_dim, num_classes, generator))
         else:
             head = self.heads.add_head(num_classes, generator, weight_std=HEAD_STD)
         head.to(self.device)

@@ -77,6 +77,7 @@ def resolve_hparams(config_cls: type, family_defaults: Mapping[str, Any] | None,
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()
+    refuse_negative_values(config)
     return config
 
 
@@ -84,3 +85,13 @@ def as_dict(config: Any) -> dict[str, Any]:
     """A JSON-friendly dict of a resolved hyper-parameter dataclass."""
     return {key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(config).items()}
+
+
+def refuse_negative_values(config: Any) -> None:
+    """No numeric field of a config is negative unless the class lists it in ``signed_fields``: the rule every
+    method gets without writing it (its own ``validate`` runs first, with its own messages)."""
+    signed = getattr(config, "signed_fields", frozenset())
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 and item.name not in signed:
+            raise ClbenchError(f"{item.name} must be >= 0")

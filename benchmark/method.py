@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark.checkpoints import PretrainedWeights
+from benchmark.errors import ClbenchError
 from benchmark.precision import training_precision
 
 
@@ -32,10 +33,12 @@ class MethodConfig:
     """Train batch size; also the test batch size unless ``eval_batch_size`` is set (PILOT's test loaders)."""
     eval_batch_size: int | None = None
 
-    def validate(self) -> None:
-        """Raise :class:`benchmark.errors.ClbenchError` for inconsistent values."""
-        from benchmark.errors import ClbenchError
+    signed_fields: ClassVar[frozenset[str]] = frozenset()
+    """Numeric fields that may be negative; every other int/float field must be >= 0 (checked after
+    :meth:`validate` by :func:`benchmark.config.refuse_negative_values`)."""
 
+    def validate(self) -> None:
+        """Raise :class:`benchmark.errors.ClbenchError` for inconsistent values (subclasses extend it)."""
         if self.batch_size < 1:
             raise ClbenchError("batch_size must be >= 1")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
@@ -159,6 +162,9 @@ class Method(nn.Module, metaclass=ABCMeta):
     """Other ways to compute the same logits, as keyword arguments of :meth:`predict` (e.g. the official code's
     one full pass per task adapter); ``bench speed`` times each against the default path and checks the logits."""
     registry_name: ClassVar[str] = ""
+    global_rng_tensors: ClassVar[frozenset[str]] = frozenset()
+    """State keys whose initial values come from the global RNG (which the runner seeds with the run seed before
+    building the method); every other initial tensor must come from :meth:`make_generator`."""
 
     def __init__(self, backbone: nn.Module, hparams: MethodConfig, *, num_classes: int, num_tasks: int,
                  device: torch.device | str = "cpu", seed: int = 1993) -> None:

@@ -52,6 +52,10 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a temporary registration, e.g. the conformance kit's)."""
+        self._items.pop(name, None)
+
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self._loaded = True

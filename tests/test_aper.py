@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-import benchmark.learners.first_task_adapter as first_task_adapter
+import benchmark.learners.adapter_tuning as adapter_tuning
 from baselines.aper import APER, AperConfig
 from baselines.simplecil import SimpleCIL, SimpleCILConfig
 from benchmark.models.classifiers import CosinePrototypeClassifier, extract_features
@@ -42,13 +42,13 @@ def trained():
     method = build()
     tasks, tests = make_tasks(NUM_TASKS, CLASSES, per_class=8, batch_size=8)
     optimizers, heads, snapshots, spies = [], [], [], []
-    original_build, original_keep = first_task_adapter.build_optimizer, method.keep_first_head
+    original_build, original_keep = adapter_tuning.build_optimizer, method.keep_first_head
 
     def counting_build(*args, **kwargs):
         optimizers.append(args)
         return original_build(*args, **kwargs)
 
-    first_task_adapter.build_optimizer = counting_build
+    adapter_tuning.build_optimizer = counting_build
     method.keep_first_head = lambda head: (heads.append(head), original_keep(head))
     try:
         for task in tasks:
@@ -60,7 +60,7 @@ def trained():
             snapshots.append(([p.detach().clone() for p in method.adapter_parameters()],
                               method.classifier.prototypes.clone()))
     finally:
-        first_task_adapter.build_optimizer = original_build
+        adapter_tuning.build_optimizer = original_build
     return method, tasks, tests, optimizers, heads, snapshots, spies
 
 

@@ -10,6 +10,7 @@ from benchmark.registry import METHODS
 
 TASK_LORA = "epochs and rank must be >= 1 and lr > 0"
 FIRST_TASK = "need epochs >= 0, bottleneck >= 1, lr > 0 and 0 <= adapter_dropout < 1"
+EASE_TUNING = "need epochs >= 1, bottleneck >= 1, lr > 0 and 0 <= adapter_dropout < 1"
 REFUSED = [
     ("cl_lora", {"rank": "0"}, "rank must be >= 1"),
     ("cl_lora", {"targets": "q;q"}, "targets must be distinct slots among q, k, v"),
@@ -27,12 +28,12 @@ REFUSED = [
     ("dualprompt", {"e_pool_size": "0"}, "e_pool_size must be a positive integer or 'auto', got '0'"),
     ("dualprompt", {"e_pool_size": "many"}, "e_pool_size must be a positive integer or 'auto', got 'many'"),
     ("dualprompt", {"g_prompt_blocks": "0;2"}, "g_prompt_blocks and e_prompt_blocks must not share a block"),
-    ("ease", {"epochs": "0"}, "epochs and bottleneck must be >= 1 and lr > 0"),
-    ("ease", {"lr": "0"}, "epochs and bottleneck must be >= 1 and lr > 0"),
-    ("ease", {"bottleneck": "0"}, "epochs and bottleneck must be >= 1 and lr > 0"),
-    ("ease", {"adapter_dropout": "1"}, "adapter_dropout must be in [0, 1), alpha >= 0 and max_sets_per_pass >= 0"),
-    ("ease", {"alpha": "-0.1"}, "adapter_dropout must be in [0, 1), alpha >= 0 and max_sets_per_pass >= 0"),
-    ("ease", {"max_sets_per_pass": "-1"}, "adapter_dropout must be in [0, 1), alpha >= 0 and max_sets_per_pass >= 0"),
+    ("ease", {"epochs": "0"}, EASE_TUNING),
+    ("ease", {"lr": "0"}, EASE_TUNING),
+    ("ease", {"bottleneck": "0"}, EASE_TUNING),
+    ("ease", {"adapter_dropout": "1"}, EASE_TUNING),
+    ("ease", {"alpha": "-0.1"}, "alpha and max_sets_per_pass must be >= 0"),
+    ("ease", {"max_sets_per_pass": "-1"}, "alpha and max_sets_per_pass must be >= 0"),
     ("inflora", {"lamb": "0"}, "InfLoRA needs 0 < lamb <= lame <= 1"),
     ("inflora", {"lamb": "0.9", "lame": "0.8"}, "InfLoRA needs 0 < lamb <= lame <= 1"),
     ("inflora", {"lame": "1.01"}, "InfLoRA needs 0 < lamb <= lame <= 1"),

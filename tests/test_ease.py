@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from baselines.ease import (EASE, EASEConfig, SubspacePrototypes, concatenated_cosine, reweighted_logits,
                             semantic_completion, subspace_weights)
 from benchmark.models.classifiers import extract_features
+from benchmark.learners import adapter_tuning
 from benchmark.method import SilentMonitor
 from benchmark.runs.resolve import RunRequest, describe_parameters, resolve_run
 from conftest import accuracy, make_tasks, make_tiny_vit
@@ -113,21 +114,31 @@ def randomise_adapters(method: EASE, seed: int = 0) -> None:
 
 
 class OptimizerSpy(SilentMonitor):
-    """Records, when training starts, the optimiser's tensors and the local head's, and the lr after each epoch."""
+    """Records, when training starts, the optimiser's tensors and the local head's, and the lr after each epoch
+    (the optimiser is the one ``benchmark.learners.adapter_tuning`` builds, caught through ``build_optimizer``)."""
 
-    def __init__(self, method: EASE) -> None:
-        self.method, self.trained, self.head, self.lrs = method, set(), set(), []
+    def __init__(self, monkeypatch) -> None:
+        self.optimizer, self.trained, self.head, self.lrs = None, set(), set(), []
+        real = adapter_tuning.build_optimizer
+
+        def recording(parameters, *args, **kwargs):
+            parameters = list(parameters)
+            self.optimizer = real(parameters, *args, **kwargs)
+            self.head = {id(p) for p in parameters[-2:]}  # the head's weight and σ come last
+            return self.optimizer
+
+        monkeypatch.setattr(adapter_tuning, "build_optimizer", recording)
 
     def start_epochs(self, epochs: int, batches_per_epoch: int) -> None:
-        self.trained = {id(p) for group in self.method.optimizer.param_groups for p in group["params"]}
-        self.head = {id(p) for p in self.method.local_head.parameters()}
-        assert self.method.local_head.weight.shape == (2, 64) and self.method.local_head.sigma.item() == 1.0
+        self.trained = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        weight, sigma = [p for p in self.optimizer.param_groups[0]["params"] if id(p) in self.head]
+        assert weight.shape == (2, 64) and sigma.item() == 1.0
 
     def end_epoch(self, epoch: int, mean_loss: float) -> None:
-        self.lrs.append(self.method.optimizer.param_groups[0]["lr"])
+        self.lrs.append(self.optimizer.param_groups[0]["lr"])
 
 
-def test_task_trains_only_its_adapter_set_and_local_head_with_cosine_annealing():
+def test_task_trains_only_its_adapter_set_and_local_head_with_cosine_annealing(monkeypatch):
     tasks, _ = make_tasks(2, 2, per_class=8)
     method = make_method(num_tasks=2, epochs=4)
     pretrained = {k: v.clone() for k, v in method.backbone.state_dict().items() if ".adapters." not in k}
@@ -135,12 +146,12 @@ def test_task_trains_only_its_adapter_set_and_local_head_with_cosine_annealing()
     method.learn(tasks[0])
     randomise_adapters(method)
     old_set = [p.detach().clone() for p in method.set_parameters(0)]
-    spy = OptimizerSpy(method)
+    spy = OptimizerSpy(monkeypatch)
     tasks[1].monitor = spy
     method.learn(tasks[1])
     assert len(spy.head) == 2                                          # head weight and its sigma
     assert spy.trained == {id(p) for p in method.set_parameters(1)} | spy.head
-    assert method.local_head is None                                    # discarded after the task
+    assert not any(id(p) in spy.head for p in method.parameters())     # the local head is discarded
     assert all(torch.equal(p, q) for p, q in zip(method.set_parameters(0), old_set))
     assert all(torch.equal(v, pretrained[k]) for k, v in method.backbone.state_dict().items() if k in pretrained)
     assert not any(p.requires_grad for p in method.parameters())       # set 1 frozen after its task

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import benchmark.learners.first_task_adapter as first_task_adapter
+import benchmark.learners.adapter_tuning as adapter_tuning
 from baselines.ranpac import RIDGE_GRID, RanPAC, RanPACConfig, random_features, ridge_solve, select_ridge
 from benchmark.models.classifiers import extract_features
 from benchmark.config import resolve_hparams
@@ -27,13 +27,13 @@ def trained():
     method = build({"accumulator_dtype": "float64"})
     tasks, tests = make_tasks(NUM_TASKS, CLASSES, per_class=8, batch_size=8)
     optimizers, adapters = [], []
-    original = first_task_adapter.build_optimizer
+    original = adapter_tuning.build_optimizer
 
     def counting_build(*args, **kwargs):
         optimizers.append(args)
         return original(*args, **kwargs)
 
-    first_task_adapter.build_optimizer = counting_build
+    adapter_tuning.build_optimizer = counting_build
     try:
         for task in tasks:
             method.train()
@@ -41,7 +41,7 @@ def trained():
             method.eval()
             adapters.append([p.detach().clone() for p in method.adapter_parameters()])
     finally:
-        first_task_adapter.build_optimizer = original
+        adapter_tuning.build_optimizer = original
     return method, tasks, tests, optimizers, adapters
 
 

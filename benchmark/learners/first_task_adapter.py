@@ -3,10 +3,9 @@
 Specs: ``../shared/specs/more_baselines.md`` §2.1-2.2 (APER), ``../shared/specs/prompt_baselines.md`` §7 (RanPAC).
 
 - A frozen ViT with one AdaptFormer adapter set (:mod:`benchmark.models.peft.adapter`; r, s = 0.1, dropout 0.1).
-- **First task only:** the adapters and a fresh cosine head ``CosineLinear(dim, n_0)`` with learnable σ are
-  trained with CE; SGD (momentum 0.9, weight decay on every trained tensor), CosineAnnealingLR(T_max = epochs,
-  η_min = ``min_lr``) stepped per epoch; train mode (adapter dropout on). Then the adapters are frozen and the
-  head is handed to the method (APER discards it, RanPAC keeps its σ).
+- **First task only:** the adapters and a fresh cosine head are tuned (:mod:`benchmark.learners.adapter_tuning`,
+  η_min = ``min_lr``) in train mode (adapter dropout on). Then the adapters are frozen and the head is handed to
+  the method (APER discards it, RanPAC keeps its σ).
 - **Every task (the first included, after the step above):** :meth:`FirstTaskAdapterLearner.absorb_task`, the
   method's training-free update (prototypes, ridge statistics). No optimiser is built after the first task.
 """
@@ -16,47 +15,27 @@ from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from benchmark.learners.adapter_tuning import AdapterTuningConfig, tune_adapter_set
+from benchmark.method import Method, Task, backbone_size, count_parameters
 from benchmark.models.classifiers import CosineLinear
-from benchmark.errors import ClbenchError
-from benchmark.method import Method, MethodConfig, Task, backbone_size, count_parameters
 from benchmark.models.peft.adapter import adapter_set_parameters, add_adapter_set, attach_adapters, use_adapter_set
-from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
 
 ADAPTER_SET = 0
 """The one adapter set of these methods."""
 
 
 @dataclass
-class FirstTaskAdapterConfig(MethodConfig):
+class FirstTaskAdapterConfig(AdapterTuningConfig):
     """Hyper-parameters of the first-task adaptation (shared by APER and RanPAC)."""
 
-    batch_size: int = 48
     epochs: int = 20
     """Epochs of the first task (later tasks train nothing)."""
     lr: float = 0.01
     """SGD learning rate of the first task."""
-    weight_decay: float = 5e-4
-    """On the adapters, the head weight and σ."""
-    momentum: float = 0.9
-    """SGD momentum (hard-coded 0.9 upstream)."""
     min_lr: float = 0.0
     """η_min of the per-epoch cosine annealing (0 in the configs)."""
-    bottleneck: int = 64
-    """Adapter bottleneck r (``ffn_num``)."""
-    adapter_scale: float = 0.1
-    """s, the fixed scale of the adapter branch."""
-    adapter_dropout: float = 0.1
-    """Dropout on the adapter bottleneck during training."""
-    defaults_source: str = ""
-    """Where the benchmark family's defaults come from; harness choices are labelled as such (recorded only)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.epochs < 0 or self.bottleneck < 1 or self.lr <= 0 or not 0.0 <= self.adapter_dropout < 1.0:
-            raise ClbenchError("need epochs >= 0, bottleneck >= 1, lr > 0 and 0 <= adapter_dropout < 1")
 
 
 class FirstTaskAdapterLearner(Method):
@@ -83,27 +62,17 @@ class FirstTaskAdapterLearner(Method):
         self.absorb_task(task)
 
     def tune_adapters(self, task: Task) -> CosineLinear:
-        """Train the adapter set and a fresh ``CosineLinear(dim, n)`` on ``task`` (CE, SGD, cosine schedule);
+        """Train the adapter set and a fresh ``CosineLinear(dim, n)`` on ``task`` (:func:`tune_adapter_set`);
         freeze the adapters and return the trained head."""
         hp = self.hparams
         head = CosineLinear(self.backbone.num_features, task.num_classes, learn_sigma=True,
                             generator=self.make_generator(2)).to(self.device)
-        parameters = self.adapter_parameters() + list(head.parameters())
-        optimizer = build_optimizer(parameters, "sgd", hp.lr, hp.weight_decay, hp.momentum)
-        scheduler = build_scheduler(optimizer, "cosine", hp.epochs, eta_min=hp.min_lr)
-
-        def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            loss = F.cross_entropy(head(self.adapted_features(images)), labels - task.known_classes)
-            return optimizer_step(optimizer, loss)
-
         self.backbone.train()
         try:
-            run_epochs(task, hp.epochs, step, self.device, scheduler)
+            return tune_adapter_set(self.adapted_features, self.adapter_parameters(), head, task, hp, self.device,
+                                    min_lr=hp.min_lr)
         finally:
             self.backbone.eval()
-        for parameter in self.adapter_parameters():
-            parameter.requires_grad_(False)
-        return head.requires_grad_(False)
 
     @abstractmethod
     def keep_first_head(self, head: CosineLinear) -> None:

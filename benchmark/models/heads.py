@@ -32,6 +32,10 @@ class TaskLinearHeads(nn.Module):
                 head.bias.zero_()
         else:
             head = default_linear(self.feature_dim, num_classes, generator)
+        return self.append(head)
+
+    def append(self, head: nn.Linear) -> nn.Linear:
+        """Append a head built elsewhere (e.g. :func:`kaiming_linear_head`), on the device of existing heads."""
         if len(self.heads):
             head.to(self.heads[0].weight.device)
         self.heads.append(head)
@@ -92,7 +96,8 @@ def linear_head(in_features: int, num_classes: int, generator: torch.Generator |
 
 
 def kaiming_linear_head(in_features: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Linear:
-    """The single ``Linear(dim, C_total)`` head of SD-LoRA (PILOT's ``SimpleLinear``).
+    """PILOT's ``SimpleLinear`` init: SD-LoRA's single ``Linear(dim, C_total)`` head, LAE's per-task heads under
+    ``lae_impl=pilot``.
 
     Weights Kaiming-uniform with the linear gain, U(+-sqrt(3 / dim)) (U(+-0.0625) at dim 768), bias zero.
     """
