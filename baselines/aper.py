@@ -118,7 +118,7 @@ class APER(FirstTaskAdapterLearner):
                                            self.device))
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.merged_features(images))
+        return self.classifier(self.frozen("merged", 1, images, self.merged_features))  # adapters frozen after task 1
 
     def restore_structure(self, task_sizes: list[int]) -> None:
         super().restore_structure(task_sizes)

@@ -29,7 +29,7 @@ from benchmark.errors import ClbenchError
 from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
 from benchmark.method import ParameterReport, Task
 from benchmark.models.peft.prefix import attach_prefix, prefixes_set, split_prompt_tokens
-from benchmark.models.peft.prompts import ComponentPool, frozen_query
+from benchmark.models.peft.prompts import ComponentPool
 from benchmark.registry import register_method
 
 PILOT_BACKBONE = "vit_base_patch16_224.augreg_in21k_ft_in1k"
@@ -126,7 +126,7 @@ class CodaPrompt(PromptLearner):
         current = task_index if training else len(self.task_sizes) - 1
         stop = (current + 1) * self.rows_per_task
         detach_below = current * self.rows_per_task if training else 0
-        query = frozen_query(vit, images)
+        query = self.query(images)
         prefixes = []
         for pool in self.pools:
             prompts = pool.combine(pool.weights(query, stop, detach_below), detach_below)

@@ -27,7 +27,7 @@ from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.errors import ClbenchError
 from benchmark.method import ParameterReport, Task, count_parameters
 from benchmark.models.peft.prefix import attach_prefix, official_prefix_order, prefixes_set
-from benchmark.models.peft.prompts import PromptPool, Selection, frozen_query
+from benchmark.models.peft.prompts import PromptPool, Selection
 from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
 
@@ -130,7 +130,7 @@ class DualPrompt(KeyMatchingLearner):
     def prompted_forward(self, images: torch.Tensor, task_index: int | None) -> tuple[torch.Tensor, Selection]:
         """G prefixes in the G blocks, the selected E-prompt's prefixes in the E blocks, head on CLS."""
         vit = self.backbone
-        selection = self.select_e_prompt(frozen_query(vit, images), task_index)
+        selection = self.select_e_prompt(self.query(images), task_index)
         e_prefixes = self.e_pool.gather(selection)[:, 0].unbind(dim=1)
         if not self.hparams.dualprompt_permute_fix:
             e_prefixes = [official_prefix_order(prefix) for prefix in e_prefixes]

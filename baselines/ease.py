@@ -252,9 +252,12 @@ class EASE(Method):
         return torch.cat(features)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Reweighted subspace cosines over all seen classes (every adapter set runs on the batch)."""
-        hp = self.hparams
-        return self.classifier(self.set_features(images), self.task_sizes, hp.alpha, hp.reweight)
+        """Reweighted subspace cosines over all seen classes. Every adapter set's features of the batch; set k is
+        frozen after task k + 1, so evaluation keeps its features and runs only the sets an image lacks."""
+        hp, sets = self.hparams, range(self.num_sets)
+        features = self.frozen_stack([f"set{index}" for index in sets], [index + 1 for index in sets], images,
+                                     lambda subset, indices: self.set_features(subset, indices))
+        return self.classifier(features, self.task_sizes, hp.alpha, hp.reweight)
 
     # -- training ----------------------------------------------------------------------------------
     def train_task(self, task: Task) -> None:

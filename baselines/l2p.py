@@ -17,7 +17,7 @@ import torch
 
 from benchmark.models.backbones import run_blocks
 from benchmark.method import ParameterReport, count_parameters
-from benchmark.models.peft.prompts import PromptPool, Selection, embed_with_prompts, frozen_query
+from benchmark.models.peft.prompts import PromptPool, Selection, embed_with_prompts
 from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
 
@@ -67,7 +67,7 @@ class L2P(KeyMatchingLearner):
     def prompted_forward(self, images: torch.Tensor, task_index: int | None) -> tuple[torch.Tensor, Selection]:
         """Select prompts, prepend them to the input tokens, classify the mean of their outputs."""
         vit = self.backbone
-        selection = self.pool.select(frozen_query(vit, images), self.hparams.batchwise_prompt)
+        selection = self.pool.select(self.query(images), self.hparams.batchwise_prompt)
         prompts = self.pool.gather(selection).flatten(1, 2)
         hidden = vit.norm(run_blocks(vit, embed_with_prompts(vit, images, prompts)))
         features = hidden[:, 1: 1 + prompts.shape[1]].mean(dim=1)

@@ -164,8 +164,8 @@ class RanPAC(FirstTaskAdapterLearner):
         self.readout.sigma.copy_(head.sigma.detach())
 
     def projected(self, images: torch.Tensor) -> torch.Tensor:
-        """h(x) = ReLU(f_ad(x)·W_rand) on the device."""
-        return random_features(self.adapted_features(images), self.projection)
+        """h(x) = ReLU(f_ad(x)·W_rand) on the device (f_ad is frozen after task 1: kept during evaluation)."""
+        return random_features(self.frozen("adapted", 1, images, self.adapted_features), self.projection)
 
     def absorb_task(self, task: Task) -> None:
         """Accumulate G and Q, choose λ on this task's h, solve for W_o (on the CPU)."""

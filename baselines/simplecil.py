@@ -45,7 +45,7 @@ class SimpleCIL(Method):
         self.classifier.add(prototypes)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(images))
+        return self.classifier(self.frozen("embedding", 0, images, self.backbone))
 
     def restore_structure(self, task_sizes: list[int]) -> None:
         self.classifier.prototypes = self.classifier.prototypes.new_zeros(sum(task_sizes),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,13 @@ class TrainingMonitor(Protocol):
     def end_batch(self, loss: float) -> None: ...
 
     def end_epoch(self, epoch: int, mean_loss: float) -> None: ...
+
+
+class FrozenWork(Protocol):
+    """What the harness's evaluation cache offers a method (``benchmark/runs/eval_cache.py``)."""
+
+    def __call__(self, names: Sequence[str], since: Sequence[int], images: torch.Tensor,
+                 compute: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> torch.Tensor: ...
 
 
 class SilentMonitor:
@@ -182,6 +189,8 @@ class Method(nn.Module, metaclass=ABCMeta):
         self.device = torch.device(device)
         self.seed = seed
         self.task_sizes: list[int] = []
+        self.frozen_work: FrozenWork | None = None
+        """Set by the harness during evaluation only (its cache of frozen computations); see :meth:`frozen`."""
 
     @classmethod
     def requested_class_order(cls, hparams: MethodConfig) -> str:
@@ -214,6 +223,22 @@ class Method(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def parameter_report(self) -> ParameterReport:
         """Parameter counts after the last learned task (see :class:`ParameterReport`)."""
+
+    # -- frozen per-image work (served from the harness's evaluation cache) --------------------------
+    def frozen(self, name: str, since: int, images: torch.Tensor,
+               compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``compute(images)`` (B, ...), a per-image computation that no longer changes once ``since`` tasks are
+        learned (0: never changes, e.g. a pass of the frozen pretrained ViT). During evaluation the harness keeps
+        and serves such values instead of recomputing them; elsewhere this is ``compute(images)``."""
+        return self.frozen_stack([name], [since], images, lambda subset, _: compute(subset).unsqueeze(0))[0]
+
+    def frozen_stack(self, names: Sequence[str], since: Sequence[int], images: torch.Tensor,
+                     compute: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> torch.Tensor:
+        """(S, B, ...) for several frozen computations at once; ``compute(images, indices)`` returns those of
+        ``names[i]`` for i in ``indices``, stacked (it runs with every index unless some values are kept)."""
+        if self.frozen_work is None:
+            return compute(images, list(range(len(names))))
+        return self.frozen_work(names, since, images, compute)
 
     # -- state -------------------------------------------------------------------------------------
     @property

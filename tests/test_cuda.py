@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.registry import METHODS
-from benchmark.runs.speed import _randomise_added
+from benchmark.runs.speed import randomise_added
 from conftest import make_tasks, make_tiny_vit
 from test_methods_generic import build
 
@@ -77,7 +77,7 @@ def test_cl_lora_batched_task_adapters_on_cuda_equal_per_task_passes(max_branch_
     method = _build_on("cl_lora", "cuda")
     method.hparams.max_branch_batch = max_branch_batch
     method.restore_structure([2] * 5)
-    _randomise_added(method, torch.Generator().manual_seed(0))
+    randomise_added(method, torch.Generator().manual_seed(0))
     method.eval()
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)).cuda()
     with torch.inference_mode():

@@ -47,7 +47,7 @@ def command(args: argparse.Namespace) -> int:
         device=args.device, data_root=Path(args.data_root),
         overrides=merge_overrides(method, overrides_for(method, args.set, methods), variant),
         results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks,
-        precision=args.precision,
+        precision=args.precision, eval_cache=not args.no_eval_cache,
         variant=variant.name if variant else None)
         for bench in benches for method in methods for variant in variants[method] for seed in seeds)
     if args.dry_run:
@@ -113,4 +113,6 @@ def add_parser(commands) -> None:
                      help="Ray: restarts of a run whose worker died; it resumes from its checkpoint (default 3)")
     run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                      help="autocast precision of training and evaluation (default fp32, the published setting)")
+    run.add_argument("--no-eval-cache", action="store_true",
+                     help="recompute frozen per-image work at every evaluation (results are identical either way)")
     run.set_defaults(handler=command)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from benchmark.models.heads import linear_head, mask_to_current_task
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
-from benchmark.models.peft.prompts import Selection
+from benchmark.models.peft.prompts import Selection, frozen_query
 from benchmark.training import build_optimizer, build_scheduler, drop_last_loader, optimizer_step, run_epochs
 
 
@@ -97,6 +97,11 @@ class PromptLearner(Method):
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.prompted_forward(images, None)[0][:, : self.seen_classes]
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        """q(x), the frozen pretrained ViT's CLS feature (:func:`frozen_query`); it never changes, so evaluation
+        keeps it."""
+        return self.frozen("query", 0, images, lambda subset: frozen_query(self.backbone, subset))
 
     def report(self, trainable_task: int, notes: str) -> ParameterReport:
         """The parameter report given the prompt-side count of the last task (spec §1.11).

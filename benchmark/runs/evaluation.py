@@ -1,24 +1,33 @@
 """Evaluation on all seen classes: the loaders of a task and the batched, order-keeping prediction pass."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.data import DataLoader
 
 from benchmark.method import Method
 from benchmark.precision import autocast
+from benchmark.runs.eval_cache import EvalCache
 from benchmark.store.results import Evaluation
 
 
 @torch.inference_mode()
-def evaluate(method: Method, loader: DataLoader, device: torch.device, precision: str = "fp32") -> Evaluation:
+def evaluate(method: Method, loader: DataLoader, device: torch.device, precision: str = "fp32",
+             cache: EvalCache | None = None) -> Evaluation:
     """Labels and top-5 predictions of ``method`` on the seen-class test set, batched, in loader order.
 
-    ``predict`` runs under the run's autocast precision; the top-5 are taken from float32 logits.
+    ``predict`` runs under the run's autocast precision; the top-5 are taken from float32 logits. With ``cache``,
+    the method's frozen computations are served from it, each image identified by its position in the loader
+    (the stream's evaluation sets are prefixes of one order).
     """
     method.eval()
     labels, top5 = [], []
+    offset = 0
     for images, targets in loader:
-        with autocast(precision, device):
+        ids = torch.arange(offset, offset + len(targets))
+        offset += len(targets)
+        with autocast(precision, device), (cache.serving(method, ids) if cache else contextlib.nullcontext()):
             logits = method.predict(images.to(device, non_blocking=True)).float()
         if logits.ndim != 2 or logits.shape[1] != method.seen_classes:
             raise RuntimeError(f"{method.registry_name}.predict returned shape {tuple(logits.shape)}, expected "

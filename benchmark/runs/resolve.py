@@ -64,6 +64,9 @@ class RunRequest:
     variant: str | None = None  # a grid variant's name: the run folder is ``<method>[<variant>]``
     precision: str = "fp32"
     """Autocast precision of training and evaluation: fp32 (default), bf16, fp16 (``benchmark/precision.py``)."""
+    eval_cache: bool = True
+    """Serve frozen per-image computations from the evaluation cache (``benchmark/runs/eval_cache.py``); results
+    are identical either way, so it is not part of the resume fingerprint."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from benchmark.reporting.metrics import compute_metrics
 from benchmark.store.provenance import git_commit, package_versions
 from benchmark.store.results import RunStore, atomic_write_json
 from benchmark.data.streams import Stream, build_stream
+from benchmark.runs.eval_cache import EvalCache
 from benchmark.runs.evaluation import evaluate, make_loader
 from benchmark.runs.resolve import ResolvedRun, build_method, default_workers, resolve_device
 from benchmark.runs.stored import check_resumable, resume_fields, verify_predictions
@@ -50,6 +51,7 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
         "data_root": str(request.data_root),
         "hparams": as_dict(run.hparams),
         "precision": request.precision,
+        "eval_cache": request.eval_cache,
         "overrides": dict(request.overrides),
         "stream": stream.describe(),
         "fingerprint": {"config_sha256": config_digest(resume_fields(run)), **stream_fingerprint(
@@ -210,6 +212,8 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
     stop = request.max_tasks or run.num_tasks
     workers = request.workers if request.workers is not None else default_workers(run.family)
     batch_size = run.hparams.batch_size
+    # Kept for this process only: a resumed run recomputes what an earlier process held.
+    cache = EvalCache(len(stream.eval_labels(run.num_tasks - 1))) if request.eval_cache else None
     store.write_status("running", start)
     for index in range(start, stop):
         task_data = stream.tasks[index]
@@ -231,19 +235,21 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
         train_seconds = time.perf_counter() - began
         eval_loader = make_loader(stream.eval_dataset(index), method.eval_batch_size, workers, device)
         began = time.perf_counter()
-        evaluation = evaluate(method, eval_loader, device, request.precision)
+        evaluation = evaluate(method, eval_loader, device, request.precision, cache)
         eval_seconds = time.perf_counter() - began
         peak, peak_source = _peak_memory_mb(device)
         store.save_evaluation(index, evaluation)
         timing.append({"task": index, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                       "peak_memory_mb": peak, "peak_memory_source": peak_source})
+                       "peak_memory_mb": peak, "peak_memory_source": peak_source,
+                       "eval_cache_mb": cache.nbytes / 2**20 if cache else 0.0})
         atomic_write_json(store.timing_path, timing)
         store.save_checkpoint({"tasks_done": index + 1, **checkpoint_state(method)})  # lean: no frozen backbone
         store.write_status("running", index + 1)
         partial = compute_metrics(store.load_evaluations(index + 1), stream.increments)
         log(f"{request.method} task {index + 1}/{run.num_tasks}: A_{index + 1} = "
             f"{partial['accuracy_curve_rounded'][-1]:.2f}  avg = {partial['avg_acc']:.2f}  "
-            f"(train {train_seconds:.1f}s, eval {eval_seconds:.1f}s)")
+            f"(train {train_seconds:.1f}s, eval {eval_seconds:.1f}s"
+            + (f", eval cache {cache.nbytes / 2**20:.1f} MB)" if cache and cache.nbytes else ")"))
     if stop < run.num_tasks:
         store.write_status("partial", stop)
         log(f"stopped after task {stop} of {run.num_tasks} (--max-tasks); run again to continue")

@@ -29,7 +29,8 @@ def _randomise(method: torch.nn.Module, generator: torch.Generator) -> None:
         prototypes.copy_(torch.randn(prototypes.shape, generator=generator))
 
 
-def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+    """``fn()`` and its wall seconds (CUDA synchronised before and after)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     began = time.perf_counter()
@@ -68,7 +69,7 @@ def speed_report(backbone: str = "vit_base_patch16_224.augreg_in21k", num_tasks:
             method.predict(images, shared_trunk=False)
         for _ in range(max(repeats, 1)):
             for name, shared in (("fast", True), ("naive", False)):
-                logits[name], seconds = _timed(lambda: method.predict(images, shared_trunk=shared), dev)
+                logits[name], seconds = timed(lambda: method.predict(images, shared_trunk=shared), dev)
                 best[name] = min(best[name], seconds)
     split = hparams.shared_blocks
     return {
@@ -189,8 +190,9 @@ class _PeakMemory:
         self.peak_mb, self.source = (self._peak - self._base) / 2**20, "cpu_rss_increase_sampled"
 
 
-def _build(name: str, backbone: str, num_tasks: int, device: torch.device, batch_size: int | None,
-           learned_tasks: int, family: str = SPEED_FAMILY, seed: int = 0):
+def build_from_shapes(name: str, backbone: str, num_tasks: int, device: torch.device, batch_size: int | None,
+                      learned_tasks: int, family: str = SPEED_FAMILY, seed: int = 0):
+    """A registered method on an untrained backbone, with the structure of ``learned_tasks`` tasks (no data)."""
     from benchmark.config import resolve_hparams
 
     method_class = METHODS.get(name)
@@ -222,8 +224,8 @@ def train_speed(name: str, backbone: str, precision: str, device: torch.device, 
     """
     from benchmark.method import Task
 
-    method, vit = _build(name, backbone, num_tasks, device, batch_size, learned_tasks=task_index, family=family)
-    _randomise_added(method, torch.Generator().manual_seed(2))  # as after a trained task (CL-LoRA's teacher ups)
+    method, vit = build_from_shapes(name, backbone, num_tasks, device, batch_size, learned_tasks=task_index, family=family)
+    randomise_added(method, torch.Generator().manual_seed(2))  # as after a trained task (CL-LoRA's teacher ups)
     size, batch = input_size(vit), method.hparams.batch_size
     generator = torch.Generator().manual_seed(1)
     known = task_index * CLASSES_PER_TASK
@@ -250,7 +252,7 @@ def train_speed(name: str, backbone: str, precision: str, device: torch.device, 
             "peak_memory_mb": memory.peak_mb if trained else None, "peak_memory_source": memory.source}
 
 
-def _randomise_added(method: torch.nn.Module, generator: torch.Generator) -> None:
+def randomise_added(method: torch.nn.Module, generator: torch.Generator) -> None:
     """Small random values in every all-zero floating tensor the method added (zero-init up-projections,
     restored prototypes), so that no adapter or task path is trivially skipped."""
     pretrained = {id(t) for t in method.pretrained_weights.tensors.values()}
@@ -267,8 +269,8 @@ def inference_speed(name: str, backbone: str, precision: str, device: torch.devi
     entry (with the max |logit difference| to the default), under ``precision``; best of ``repeats``."""
     from benchmark.precision import autocast
 
-    method, vit = _build(name, backbone, num_tasks, device, None, learned_tasks=num_tasks, family=family)
-    _randomise_added(method, torch.Generator().manual_seed(2))
+    method, vit = build_from_shapes(name, backbone, num_tasks, device, None, learned_tasks=num_tasks, family=family)
+    randomise_added(method, torch.Generator().manual_seed(2))
     method.eval()
     size = input_size(vit)
     images = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
@@ -281,7 +283,7 @@ def inference_speed(name: str, backbone: str, precision: str, device: torch.devi
                 method.predict(images, **kwargs)
         for _ in range(max(repeats, 1)):
             for path, kwargs in paths.items():
-                out, seconds = _timed(lambda: method.predict(images, **kwargs), device)
+                out, seconds = timed(lambda: method.predict(images, **kwargs), device)
                 logits[path], best[path] = out.float(), min(best[path], seconds)
     return [{"method": name, "precision": precision, "path": path, "num_tasks": num_tasks, "batch_size": batch_size,
              "images_per_s": batch_size / best[path],
@@ -320,13 +322,14 @@ def method_speed_report(methods: list[str], backbone: str, precisions: list[str]
                         f"{row.get('path', 'step')} {row['images_per_s']:.2f} img/s" if row["images_per_s"]
                         else "nothing trained" for row in rows))
             (training if phase == "train" else inference).extend(best.values())
-    return {"backbone": backbone, "device": str(device), "device_name": _device_name(device),
+    return {"backbone": backbone, "device": str(device), "device_name": device_name(device),
             "precisions": precisions, "num_tasks": num_tasks, "eval_batch_size": eval_batch_size,
             "train_batch_size": train_batch_size, "steps": steps, "repeats": repeats,
             "hyper_parameters_of": family, "training": training, "inference": inference}
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
