@@ -50,8 +50,6 @@ class FirstTaskAdapterConfig(MethodConfig):
     """s, the fixed scale of the adapter branch."""
     adapter_dropout: float = 0.1
     """Dropout on the adapter bottleneck during training."""
-    defaults_source: str = ""
-    """Where the benchmark family's defaults come from; harness choices are labelled as such (recorded only)."""
 
     def validate(self) -> None:
         super().validate()
