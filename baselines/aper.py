@@ -13,7 +13,11 @@ Spec: ``../shared/specs/more_baselines.md`` §2 (RevisitingCIL / PILOT ``models/
 - **Inference:** cos(φ(x), p_c) over all seen classes (σ = 1; the whole 1,536-d vector is normalised), argmax.
 
 Defaults are the authors' RevisitingCIL configs per benchmark (IN21k backbone); ``aper_recipe=pilot`` takes
-PILOT's configs instead (which ran the IN1k-fine-tuned backbone: pass ``--backbone`` with it).
+PILOT's configs instead (which ran the IN1k-fine-tuned backbone: pass ``--backbone`` with it). CUB-200,
+ObjectNet and OmniBenchmark have RevisitingCIL configs, ``exps/aper_adapter/cub_10_10_vit-b_adapter.json``,
+``objectnet_10_10_vit-b_adapter.json`` and ``omni_30_30_vit-b_adapter.json``: each sets weight_decay 0.0005
+(line 12), ffn_num 64 (line 14), tuned_epoch 20 (line 23), init_lr 0.01 (line 24) and batch_size 48 (line 25).
+DomainNet has none, and PILOT ships none of the four: there the ImageNet-R recipe applies.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from benchmark.models.peft.adapter import use_adapter_chunks, use_adapter_set
 from benchmark.registry import register_method
 
 IN21K = "vit_base_patch16_224.augreg_in21k"
-FAMILIES = ("cifar100", "imr", "ima", "vtab")
+FAMILIES = ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet")
 
 _SMALL = {"epochs": 20, "batch_size": 48, "lr": 0.01, "weight_decay": 5e-4}
 _INR_AUTHORS = {"epochs": 20, "batch_size": 24, "lr": 0.05, "weight_decay": 5e-3}
@@ -46,6 +50,14 @@ RECIPES: dict[str, dict[str, tuple[dict, str]]] = {
                         "the same recipe at other T)"),
         "vtab": (_SMALL, "RevisitingCIL exps/aper_adapter/vtab_10_10_vit-b_adapter.json (10/10 = vtab_t5; the "
                          "same recipe at other T)"),
+        "cub": (_SMALL, "RevisitingCIL exps/aper_adapter/cub_10_10_vit-b_adapter.json (10/10 = cub_t20; the same "
+                        "recipe at other T)"),
+        "objnet": (_SMALL, "RevisitingCIL exps/aper_adapter/objectnet_10_10_vit-b_adapter.json (10/10 = objnet_t20; "
+                           "the same recipe at other T)"),
+        "omni": (_SMALL, "RevisitingCIL exps/aper_adapter/omni_30_30_vit-b_adapter.json (30/30 = omni_t10; the same "
+                         "recipe at other T)"),
+        "domainnet": (_INR_AUTHORS, "ImageNet-R recipe (no official config for domainnet): RevisitingCIL "
+                                    "exps/aper_adapter/imagenetr_5_5_vit-b_adapter.json"),
         "digits": _OURS,
     },
     "pilot": {
@@ -53,6 +65,8 @@ RECIPES: dict[str, dict[str, tuple[dict, str]]] = {
         "imr": (_INR_PILOT, "PILOT exps/aper_aperpter_inr.json (imagenetr 20/20)"),
         "ima": (_SMALL, "harness choice: PILOT exps/aper_aperpter.json values (PILOT ships no ImageNet-A config)"),
         "vtab": (_SMALL, "harness choice: PILOT exps/aper_aperpter.json values (PILOT ships no VTAB config)"),
+        **{family: (_INR_PILOT, f"ImageNet-R recipe (no PILOT config for {family}): PILOT exps/aper_aperpter_inr.json")
+           for family in ("cub", "objnet", "omni", "domainnet")},
         "digits": _OURS,
     },
 }

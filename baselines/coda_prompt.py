@@ -15,6 +15,12 @@
   classes.
 - Data: the identity class order by default (PILOT's ``shuffle: false``; ``coda_order=seed1993`` takes the
   benchmark's seeded order) and the CODA transform profile (CIFAR-100 and ImageNet-R only).
+
+DomainNet defaults are the official CODA-Prompt code's (GT-RIPL/CODA-Prompt @ 6417d4f):
+``configs/domainnet_prompt.yaml`` sets 5 epochs (line 5), batch_size 128 (line 7), Adam lr 0.001 (lines 8-9), the
+cosine schedule (line 6), and ``experiments/domainnet.sh`` line 28 ``--prompt_param 100 8 0.0`` (pool 100, length
+8, mu 0); its ``imnet-r_prompt.yaml`` matches PILOT's ImageNet-R recipe. PILOT ships no DomainNet config, and no
+CUB-200, ObjectNet or OmniBenchmark config exists in either: those take PILOT's ImageNet-R recipe.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from torch import nn
 from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.errors import ClbenchError
 from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
-from benchmark.method import ParameterReport, Task
+from benchmark.method import ParameterReport, Task, imagenet_r_recipe
 from benchmark.models.peft.prefix import attach_prefix, prefixes_set, split_prompt_tokens
 from benchmark.models.peft.prompts import ComponentPool
 from benchmark.registry import register_method
@@ -82,11 +88,16 @@ class CodaPrompt(PromptLearner):
                                            "ImageNet-A config; what CL-LoRA ran is UNCONFIRMED)"},
         "vtab": {**_INR, "defaults_source": "harness choice: PILOT exps/coda_prompt_inr.json values (no official "
                                             "VTAB config; what CL-LoRA ran is UNCONFIRMED)"},
+        **imagenet_r_recipe(_INR, "PILOT exps/coda_prompt_inr.json", ("cub", "objnet", "omni")),
+        "domainnet": {"epochs": 5, "batch_size": 128, "lr": 0.001, "pool_size": 100, "prompt_length": 8,
+                      "ortho_mu": 0.0, "defaults_source": "CODA-Prompt repo configs/domainnet_prompt.yaml + "
+                                                          "experiments/domainnet.sh (5 x 69)"},
         "digits": {"epochs": 5, "batch_size": 32, "lr": 0.01, "pool_size": 20, "prompt_blocks": (0, 1, 2, 3),
                    "defaults_source": "ours, for the tiny 4-block digits ViT (not official): pool 20 (the 64-wide "
                                       "keys hold at most 64 orthogonal rows), prompts in blocks 0-3"},
     }
-    default_backbones = {family: PILOT_BACKBONE for family in ("cifar100", "imr", "ima", "vtab")}
+    default_backbones = {family: PILOT_BACKBONE
+                         for family in ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet")}
 
     @classmethod
     def requested_class_order(cls, hparams: CodaPromptConfig) -> str:

@@ -14,6 +14,9 @@ Two official behaviours are the defaults, each with a switch:
   ``auto`` gives max(10, T) prompts, one per task.
 - the key/value reshape quirk (:func:`benchmark.models.peft.prefix.official_prefix_order`);
   ``dualprompt_permute_fix=true`` gives every sample its own correct key/value pair.
+
+Neither PILOT nor the official DualPrompt code ships a CUB-200, ObjectNet, OmniBenchmark or DomainNet config
+(CODA-Prompt's ``experiments/domainnet.sh`` runs its own DualPrompt variant): those take PILOT's ImageNet-R recipe.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from torch import nn
 
 from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.errors import ClbenchError
-from benchmark.method import ParameterReport, Task, count_parameters
+from benchmark.method import ParameterReport, Task, count_parameters, imagenet_r_recipe
 from benchmark.models.peft.prefix import attach_prefix, official_prefix_order, prefixes_set
 from benchmark.models.peft.prompts import PromptPool, Selection
 from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
@@ -85,12 +88,14 @@ class DualPrompt(KeyMatchingLearner):
                                            "ImageNet-A config; what CL-LoRA ran is UNCONFIRMED)"},
         "vtab": {**_INR, "defaults_source": "harness choice: PILOT exps/dualprompt_inr.json values (no official "
                                             "VTAB config; what CL-LoRA ran is UNCONFIRMED)"},
+        **imagenet_r_recipe(_INR, "PILOT exps/dualprompt_inr.json", ("cub", "objnet", "omni", "domainnet")),
         "digits": {"epochs": 5, "batch_size": 32, "lr": 0.01, "g_prompt_blocks": (0, 1),
                    "e_prompt_blocks": (2, 3),
                    "defaults_source": "ours, for the tiny 4-block digits ViT (not official): G in blocks 0-1, "
                                       "E in blocks 2-3"},
     }
-    default_backbones = {family: PILOT_BACKBONE for family in ("cifar100", "imr", "ima", "vtab")}
+    default_backbones = {family: PILOT_BACKBONE
+                         for family in ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet")}
 
     def __init__(self, backbone, hparams: DualPromptConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

@@ -8,6 +8,9 @@
 - Loss: CE over the current task's classes (others masked) minus 0.1 x the pull-constraint term of the selected
   keys. All prompts, the keys and the head are trained in every task (no prompt mask, no transfer); Adam,
   constant lr, re-initialised per task. The backbone is frozen.
+
+Neither PILOT nor the official L2P code ships a CUB-200, ObjectNet, OmniBenchmark or DomainNet config (CODA-Prompt's
+``experiments/domainnet.sh`` runs its own L2P++ variant): those take PILOT's ImageNet-R recipe.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.models.backbones import run_blocks
-from benchmark.method import ParameterReport, count_parameters
+from benchmark.method import ParameterReport, count_parameters, imagenet_r_recipe
 from benchmark.models.peft.prompts import PromptPool, Selection, embed_with_prompts
 from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
@@ -53,10 +56,12 @@ class L2P(KeyMatchingLearner):
                                            "ImageNet-A config; what CL-LoRA ran is UNCONFIRMED)"},
         "vtab": {**_INR, "defaults_source": "harness choice: PILOT exps/l2p_inr.json values (no official "
                                             "VTAB config; what CL-LoRA ran is UNCONFIRMED)"},
+        **imagenet_r_recipe(_INR, "PILOT exps/l2p_inr.json", ("cub", "objnet", "omni", "domainnet")),
         "digits": {"epochs": 5, "batch_size": 32, "lr": 0.01, "prompt_length": 2, "top_k": 3,
                    "defaults_source": "ours, for the tiny digits ViT (not official)"},
     }
-    default_backbones = {family: PILOT_BACKBONE for family in ("cifar100", "imr", "ima", "vtab")}
+    default_backbones = {family: PILOT_BACKBONE
+                         for family in ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet")}
 
     def __init__(self, backbone, hparams: L2PConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

@@ -20,6 +20,10 @@ from InfLoRA's harness, so differences between the two methods come from the met
 Old adapters are stacked into one frozen branch (as the official saver concatenates them), never folded into W,
 because dropout acts on their input during training. Each task logs CE, the orthogonality and L2 terms (first
 and last epoch means) and max |A_s A_tᵀ|.
+
+Defaults per benchmark: InfLoRA's (``baselines/inflora.py``) with rank 8 — its ImageNet-R recipe on ImageNet-A, VTAB,
+CUB-200, ObjectNet and OmniBenchmark, and on DomainNet its 5 epochs of ``configs/domainnet_inflora.json`` (line 20)
+with Adam 5e-4, so that the two methods stay comparable there too.
 """
 from __future__ import annotations
 
@@ -31,12 +35,14 @@ import torch.nn.functional as F
 
 from benchmark.errors import ClbenchError
 from benchmark.learners.task_lora import TaskLoRAConfig, TaskLoRALearner
-from benchmark.method import ParameterReport, Task
+from benchmark.method import ParameterReport, Task, imagenet_r_recipe
 from benchmark.models.peft.lora import SLOTS, LoRABranch, LoRAQKV
 from benchmark.precision import full_precision
 from benchmark.registry import register_method
 
 log = logging.getLogger(__name__)
+
+_INR = {"epochs": 50, "lr": 5e-4, "batch_size": 128, "rank": 8}
 
 
 @dataclass
@@ -85,12 +91,16 @@ class OLoRA(TaskLoRALearner):
     config_class = OLoRAConfig
     default_cfgs = {
         # derived (spec §3.3): InfLoRA's recipe per benchmark with O-LoRA's adapter and loss settings
-        "cifar100": {"epochs": 20, "lr": 5e-4, "batch_size": 128, "rank": 8},
-        "imr": {"epochs": 50, "lr": 5e-4, "batch_size": 128, "rank": 8},
-        "ima": {"epochs": 50, "lr": 5e-4, "batch_size": 128, "rank": 8},
-        "vtab": {"epochs": 50, "lr": 5e-4, "batch_size": 128, "rank": 8},
-        # ours (built-in digits_t5, tiny ViT with dim 64), not official
-        "digits": {"epochs": 8, "lr": 2e-3, "batch_size": 32, "rank": 4},
+        "cifar100": {"epochs": 20, "lr": 5e-4, "batch_size": 128, "rank": 8,
+                     "defaults_source": "derived (no vision config): InfLoRA configs/cifar100_inflora.json, rank 8"},
+        "imr": {**_INR, "defaults_source": "derived (no vision config): InfLoRA configs/mimg10_inflora.json, rank 8"},
+        **imagenet_r_recipe(_INR, "derived (no vision config): InfLoRA configs/mimg10_inflora.json, rank 8",
+                            ("ima", "vtab", "cub", "objnet", "omni")),
+        "domainnet": {**_INR, "epochs": 5,
+                      "defaults_source": "derived (no vision config): InfLoRA configs/domainnet_inflora.json epochs, "
+                                         "Adam 5e-4, rank 8"},
+        "digits": {"epochs": 8, "lr": 2e-3, "batch_size": 32, "rank": 4,
+                   "defaults_source": "ours, for the tiny digits ViT (not official)"},
     }
     def __init__(self, backbone, hparams: OLoRAConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

@@ -16,6 +16,13 @@ Spec: ``../shared/specs/prompt_baselines.md`` §7 and §0 item 8 (PILOT ``models
 
 G and Q stay on the CPU (G is M² numbers: 400 MB in float32, 800 MB in float64 at M = 10,000) and are saved in
 the checkpoint, since later tasks add to them. W_rand is regenerated from the seed and not saved.
+
+Defaults on the newer benchmarks: PILOT ships no CUB-200, ObjectNet, OmniBenchmark or DomainNet config; the RanPAC
+repository's ``args/cub_publish.csv`` line 9 (ID 7: adapter, M 10000) and ``args/domainnet_publish.csv`` line 7
+(ID 7) set batch_size 48, tuned_epoch 20, body_lr 0.01, weight_decay 0.0005, min_lr 0, M 10000 (the DomainNet run
+is one 345-class session there; the recipe is applied per first task here). Its OmniBenchmark runs tune VPT, not
+an adapter (``args/omnibenchmark_publish.csv`` line 9), and it has no ObjectNet config: both take the ImageNet-R
+recipe. The readout stays PILOT's cosine on every benchmark (the repository's own code: ``ranpac_readout=linear``).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from torch import nn
 from benchmark.models.classifiers import CosineLinear, extract_features
 from benchmark.errors import ClbenchError
 from benchmark.learners.first_task_adapter import FirstTaskAdapterConfig, FirstTaskAdapterLearner
-from benchmark.method import ParameterReport, Task
+from benchmark.method import ParameterReport, Task, imagenet_r_recipe
 from benchmark.precision import full_precision
 from benchmark.registry import register_method
 
@@ -145,10 +152,16 @@ class RanPAC(FirstTaskAdapterLearner):
                                            "ImageNet-A config; UNCONFIRMED)"},
         "vtab": {**_INR, "defaults_source": "harness choice: PILOT exps/ranpac_inr.json values (no PILOT VTAB "
                                             "config; UNCONFIRMED)"},
+        **{family: {"epochs": 20, "batch_size": 48, "lr": 0.01, "weight_decay": 5e-4, "projection_dim": 10_000,
+                    "defaults_source": f"RanPAC repo args/{csv} (ID 7, adapter)"}
+           for family, csv in (("cub", "cub_publish.csv line 9"), ("domainnet", "domainnet_publish.csv line 7"))},
+        **imagenet_r_recipe(_INR, "PILOT exps/ranpac_inr.json", ("objnet",)),
+        **imagenet_r_recipe(_INR, "PILOT exps/ranpac_inr.json", ("omni",), "the RanPAC repo's run tunes VPT"),
         "digits": {"epochs": 5, "batch_size": 32, "lr": 0.01, "bottleneck": 8, "projection_dim": 512,
                    "defaults_source": "ours, for the tiny digits ViT (not official)"},
     }
-    default_backbones = {family: PILOT_BACKBONE for family in ("cifar100", "imr", "ima", "vtab")}
+    default_backbones = {family: PILOT_BACKBONE
+                         for family in ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet")}
 
     def __init__(self, backbone, hparams: RanPACConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

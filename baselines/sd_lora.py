@@ -19,6 +19,11 @@ Spec: ``../shared/specs/more_baselines.md`` §4 (official code WuYichen-97/SD-Lo
 
 Skipped as dead in the official code: the evaluation-only qkv module, ``save_wrap_param``, the orthogonality loss
 (computed, weight commented out), the second ViT copy and the per-task reload of the pretrained weights.
+
+DomainNet: the official ``exps/sdlora_dom.json`` (69/69, lines 8-9) sets init_epoch and epochs 10 (lines 18, 23),
+init_lr and lrate 0.02 (lines 19, 24), milestones [4, 6, 8, 10000] (lines 20, 25), lr_decay 0.005 (lines 21, 26),
+batch_size 128 (line 27); the released data code has no DomainNet loader and the config asks for two GPUs (line 12).
+No official config exists for CUB-200, ObjectNet or OmniBenchmark: they take the ImageNet-R recipe.
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ import torch.nn.functional as F
 
 from benchmark.errors import ClbenchError
 from benchmark.models.heads import kaiming_linear_head, mask_to_current_task
-from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
+from benchmark.method import (Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters,
+                              imagenet_r_recipe)
 from benchmark.models.peft.decoupled_lora import Magnitudes, attach_decoupled_lora
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
@@ -132,10 +138,15 @@ class SDLoRA(Method):
                                                      "constant: --set lr=0.01 --set milestones=10000)"},
         "vtab": {**_INR, "defaults_source": "harness choice: the ImageNet-R recipe (no official VTAB config; "
                                             "UNCONFIRMED)"},
+        "domainnet": {"epochs": 10, "lr": 0.02, "batch_size": 128, "milestones": (4, 6, 8, 10000), "lr_decay": 0.005,
+                      "defaults_source": "official exps/sdlora_dom.json (5 x 69; not runnable with the released data "
+                                         "code)"},
+        **imagenet_r_recipe(_INR, "official exps/sdlora_inr.json", ("cub", "objnet", "omni")),
         "digits": {"epochs": 5, "lr": 0.01, "batch_size": 32, "rank": 4, "rr_ranks": (3, 2), **_CONSTANT,
                    "defaults_source": "ours, for the tiny digits ViT (not official)"},
     }
-    default_backbones = {family: SDLORA_BACKBONE for family in ("cifar100", "imr", "ima", "vtab")}
+    default_backbones = {family: SDLORA_BACKBONE
+                         for family in ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet")}
 
     def __init__(self, backbone, hparams: SDLoRAConfig, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

@@ -4,6 +4,12 @@ Nothing is trained. After each task the prototype of every new class is the mean
 final LayerNorm) of its training images under the test transform; prediction is the cosine to every prototype
 (sigma = 1), argmax over all seen classes. Deterministic, so its curves check the data pipeline end to end
 (``data_protocol.md`` §10). Spec: ``prompt_baselines.md`` §4.
+
+Defaults: SimpleCIL reads no hyper-parameter from any config; its one number, the batch size of the prototype
+and test loaders, is hard-coded 128 in PILOT ``models/simplecil.py`` line 16 (and RevisitingCIL's, line 16), the
+same on every benchmark, CUB-200, ObjectNet, OmniBenchmark and DomainNet included (RevisitingCIL ships
+``exps/simplecil/{cub_10_10,objectnet_10_10,omni_30_30}_vit-b_simplecil.json``, whose keys SimpleCIL does not
+read). The backbone is PILOT's IN1k-fine-tuned ViT-B/16 on every real benchmark.
 """
 from __future__ import annotations
 
@@ -28,9 +34,10 @@ class SimpleCIL(Method):
     """Frozen ViT + cosine classifier over class-mean prototypes (the deterministic reference baseline)."""
 
     config_class = SimpleCILConfig
-    default_cfgs = {"default": {"batch_size": 128}}
+    default_cfgs = {"default": {"batch_size": 128, "defaults_source": "PILOT models/simplecil.py line 16 (batch 128 "
+                                                                      "hard-coded; no config key is read)"}}
     default_backbones = {family: "vit_base_patch16_224.augreg_in21k_ft_in1k"
-                         for family in ("cifar100", "imr", "ima", "vtab")}
+                         for family in ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet")}
 
     def __init__(self, backbone, hparams, **kwargs) -> None:
         super().__init__(backbone, hparams, **kwargs)

@@ -32,6 +32,10 @@ class MethodConfig:
     batch_size: int = 32
     """Train batch size; also the test batch size unless ``eval_batch_size`` is set (PILOT's test loaders)."""
     eval_batch_size: int | None = None
+    defaults_source: str = ""
+    """Where the benchmark family's defaults come from (an official config, or the method's ImageNet-R recipe
+    where none exists; harness choices are labelled as such). Recorded in the saved config, not used in training,
+    and not compared when a stored run is matched for resume."""
 
     signed_fields: ClassVar[frozenset[str]] = frozenset()
     """Numeric fields that may be negative; every other int/float field must be >= 0 (checked after
@@ -43,6 +47,15 @@ class MethodConfig:
             raise ClbenchError("batch_size must be >= 1")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise ClbenchError("eval_batch_size must be >= 1")
+
+
+def imagenet_r_recipe(values: dict[str, Any], source: str, families: Iterable[str],
+                      why: str = "") -> dict[str, dict[str, Any]]:
+    """``default_cfgs`` entries for families without an official config: the method's ImageNet-R ``values``,
+    each with ``defaults_source`` "ImageNet-R recipe (no official config for F[; why]): ``source``"."""
+    return {family: {**values, "defaults_source": f"ImageNet-R recipe (no official config for {family}"
+                                                  f"{'; ' + why if why else ''}): {source}"}
+            for family in families}
 
 
 class TrainingMonitor(Protocol):
@@ -153,9 +166,10 @@ class Method(nn.Module, metaclass=ABCMeta):
     """Base class of every continual learner.
 
     Subclasses set ``config_class`` (a :class:`MethodConfig` dataclass) and ``default_cfgs`` (hyper-parameter
-    defaults per benchmark family: ``cifar100``, ``imr``, ``ima``, ``vtab``, ``digits``; the key ``default``
-    applies to families without an entry), implement :meth:`train_task` and :meth:`predict`, and register
-    with :func:`benchmark.registry.register_method`.
+    defaults per benchmark family: ``cifar100``, ``imr``, ``ima``, ``vtab``, ``cub``, ``objnet``, ``omni``,
+    ``domainnet``, ``digits``; the key ``default`` applies to families without an entry; every entry names its
+    ``defaults_source``), implement :meth:`train_task` and :meth:`predict`, and register with
+    :func:`benchmark.registry.register_method`.
     """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig

@@ -43,6 +43,7 @@ from benchmark.models.classifiers import CosineLinear, CosinePrototypeClassifier
 from benchmark.models.peft.lora import LoRABranch, LoRAQKV, attach_lora
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, build_scheduler, run_epochs
+from methods.cl_lora_defaults import DEFAULT_CFGS
 
 STUDENT, TEACHER = 0, 1
 """Branch indices on the shared wrappers: the trained shared adapter, and (during a task) its frozen snapshot."""
@@ -52,7 +53,7 @@ GPU_BRANCH_BATCH = 512
 
 @dataclass
 class CLLoRAConfig(MethodConfig):
-    """CL-LoRA hyper-parameters. Defaults per benchmark are the official ``exps/*.json`` (spec §3)."""
+    """CL-LoRA hyper-parameters. Defaults per benchmark: the official ``exps/*.json`` (``cl_lora_defaults``)."""
 
     epochs: int = 20
     """Epochs per task (cosine schedule stepped per epoch, down to 0)."""
@@ -150,17 +151,8 @@ class CLLoRA(Method):
     """Task-shared LoRA in the first l blocks, task-specific weighted LoRA after them, per-task prototypes."""
 
     config_class = CLLoRAConfig
-    default_cfgs = {
-        "cifar100": {"epochs": 30, "lr": 0.03, "batch_size": 64, "weight_decay": 1e-4, "rank": 8},
-        "imr": {"epochs": 20, "lr": 0.05, "batch_size": 32, "weight_decay": 5e-4, "rank": 10},
-        "ima": {"epochs": 25, "lr": 0.05, "batch_size": 32, "weight_decay": 5e-3, "rank": 10},
-        "vtab": {"epochs": 45, "lr": 0.03, "batch_size": 32, "weight_decay": 1e-4, "rank": 10},
-        # Ours, not official: the tiny 4-block ViT of digits_t5 (l = 2 of 4 blocks). A light touch: with more
-        # training each task's features drift apart and raw cosines to prototypes of different tasks stop being
-        # comparable, so task-agnostic accuracy drops (A_T 81.0 here; 73.4 with 4 epochs, 53.3 at lr 0.2).
-        "digits": {"epochs": 2, "lr": 0.05, "batch_size": 32, "weight_decay": 5e-4, "rank": 4,
-                   "shared_blocks": 2},
-    }
+    default_cfgs = DEFAULT_CFGS
+    """Per family, with its source: :mod:`methods.cl_lora_defaults`."""
     predict_variants = {"per-task passes": {"shared_trunk": False}}
     # Backbones: the harness defaults (runs/resolve.py) are CL-LoRA's: AugReg in21k, in21k -> in1k on ImR (inr.json).
 

@@ -40,8 +40,6 @@ class AdapterTuningConfig(MethodConfig):
     """s, the fixed scale of the adapter branch (``ffn_adapter_scalar``)."""
     adapter_dropout: float = 0.1
     """Dropout on the adapter bottleneck during training."""
-    defaults_source: str = ""
-    """Where the benchmark family's defaults come from; harness choices are labelled as such (recorded only)."""
 
     min_epochs: ClassVar[int] = 0
     """The fewest epochs a method accepts (APER and RanPAC may skip the tuning; EASE needs it)."""

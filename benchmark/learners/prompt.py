@@ -40,9 +40,6 @@ class PromptLearnerConfig(MethodConfig):
     """Adam, weight decay 0 (schedule: the method's)."""
     grad_clip: float | None = None
     """Gradient-norm clip (PILOT none; the JH ports 1.0)."""
-    defaults_source: str = ""
-    """Where the benchmark family's defaults come from; harness choices are labelled as such (not used in
-    training, recorded in the saved config)."""
 
 
 @dataclass

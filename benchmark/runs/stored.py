@@ -14,6 +14,8 @@ from benchmark.store.results import RunStore
 
 
 RESUME_KEYS = ("bench", "method", "seed", "backbone", "weights", "hparams", "precision")
+PROVENANCE_HPARAMS = ("defaults_source",)
+"""Saved hyper-parameter fields that only document a run: not compared when a stored run is matched."""
 
 
 def resume_fields(run: ResolvedRun) -> dict[str, Any]:
@@ -39,10 +41,18 @@ def check_resumable(run: ResolvedRun) -> None:
         raise IntegrityError(store.config_path, "does not match its own fingerprint (edited or damaged)")
     current = resume_fields(run)
     # Runs stored before precisions existed ran in fp32.
-    changed = [key for key in RESUME_KEYS if stored.get(key, "fp32" if key == "precision" else None) != current[key]]
+    changed = [key for key in RESUME_KEYS if _compared(key, stored.get(key, "fp32" if key == "precision" else None))
+               != _compared(key, current[key])]
     if changed:
         raise ClbenchError(f"{store.path} holds a run with a different config ({', '.join(changed)}); pass --fresh "
                            "to replace it or choose another --results-dir")
+
+
+def _compared(key: str, value: Any) -> Any:
+    """A resume field as matched: hyper-parameters without :data:`PROVENANCE_HPARAMS`."""
+    if key == "hparams" and isinstance(value, dict):
+        return {name: item for name, item in value.items() if name not in PROVENANCE_HPARAMS}
+    return value
 
 
 def seen_classes(run: ResolvedRun, task_index: int) -> int:
