@@ -17,12 +17,12 @@ import pandas as pd
 
 from benchmark.reporting.figures import benchmark_figures, finished_runs, inline_svg
 from benchmark.reporting.statistics import compare
-from benchmark.reporting.tables import failed_runs, paper_numbers, summary_table, with_row_labels
+from benchmark.reporting.tables import METRICS, failed_runs, paper_numbers, summary_table, with_row_labels
 from benchmark.store.integrity import IntegrityError, read_json_file
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TABLE_METRICS = ["avg", "last", "forgetting"]
-PAPER_METRICS = {"Ā": "avg_acc", "A_T": "last_acc"}
+COLUMN_OF = {label: column for column, label in METRICS.values()}  # "Ā" -> "avg_acc"
 FIGURE_TITLES = {"accuracy": "Accuracy on the classes seen so far, after each task",
                  "avg_vs_params": "Average accuracy Ā vs trainable parameters per task",
                  "last_vs_params": "Final accuracy A_T vs trainable parameters per task",
@@ -88,7 +88,7 @@ def _table(bench: str, finished: pd.DataFrame) -> tuple[list[str], list[list[Cel
     """Header and rows: `bench table --paper`'s cells, Δ to the paper, and the Ā difference to the best."""
     table = summary_table(finished, TABLE_METRICS, with_paper=True)[bench]
     labelled = with_row_labels(finished)
-    means = labelled.groupby("row")[list(PAPER_METRICS.values())].mean()
+    means = labelled.groupby("row")[[COLUMN_OF[METRICS[metric][1]] for metric in TABLE_METRICS]].mean()
     best = str(means["avg_acc"].idxmax())
     paper = paper_numbers()
     header = ["method"]
@@ -104,7 +104,7 @@ def _table(bench: str, finished: pd.DataFrame) -> tuple[list[str], list[list[Cel
         for column, text in cells.items():
             row.append(Cell(text, _number(text)))
             if column.endswith(" paper"):
-                metric = PAPER_METRICS[column[: -len(" paper")]]
+                metric = COLUMN_OF[column[: -len(" paper")]]
                 row.append(_paper_delta(paper, bench, method, metric, float(means.loc[row_label, metric])))
         row.append(_versus_best(labelled, str(row_label), best))
         rows.append(row)
