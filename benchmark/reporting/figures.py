@@ -45,7 +45,7 @@ def benchmark_figures(group: pd.DataFrame) -> dict[str, Figure]:
                 "avg_vs_params": _accuracy_vs_params(group, styles, bench, "avg_acc", "average accuracy Ā (%)"),
                 "last_vs_params": _accuracy_vs_params(group, styles, bench, "last_acc", "final accuracy A_T (%)"),
                 "forgetting": _forgetting(group, styles, bench),
-                "matrices": _matrices(group, styles, bench)}
+                "matrices": _matrices(group, bench)}
 
 
 def _legend_outside(axis) -> None:
@@ -114,7 +114,7 @@ def _forgetting(group: pd.DataFrame, styles: dict[str, MethodStyle], bench: str)
     return figure
 
 
-def _matrices(group: pd.DataFrame, styles: dict[str, MethodStyle], bench: str) -> Figure:
+def _matrices(group: pd.DataFrame, bench: str) -> Figure:
     runs = group.sort_values(["method", "seed"], kind="stable")
     columns = min(5, len(runs))
     rows = math.ceil(len(runs) / columns)
