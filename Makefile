@@ -19,6 +19,7 @@ run: install
 	$(BIN)/bench run
 	$(BIN)/bench table --paper
 	$(BIN)/bench plot
+	$(BIN)/bench report
 
 test: install
 	$(BIN)/python -m pytest
@@ -51,4 +52,4 @@ gpu-check: install
 		--steps 5 --repeats 2
 
 clean-results:
-	rm -rf results/*/ results/tables results/plots
+	rm -rf results/*/ results/tables results/plots results/report.html

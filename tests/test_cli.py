@@ -59,7 +59,8 @@ def test_table_and_plot(finished_results, capsys):
     assert "tabular" in capsys.readouterr().out
     assert bench("plot", "--results-dir", finished_results) == 0
     plots = sorted(p.name for p in (finished_results / "plots").iterdir())
-    assert plots == ["digits_t5_acc_vs_params.png", "digits_t5_accuracy.png"]
+    figures = ("accuracy", "avg_vs_params", "forgetting", "last_vs_params", "matrices")
+    assert plots == sorted(f"digits_t5_{figure}.{fmt}" for figure in figures for fmt in ("png", "svg"))
 
 
 def test_finished_runs_are_skipped(finished_results, capsys):

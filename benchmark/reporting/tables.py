@@ -1,9 +1,10 @@
-"""Reports: every stored result in a pandas DataFrame, summary tables (Markdown, CSV, LaTeX) and plots."""
+"""Reports: every stored result in a pandas DataFrame, and summary tables (Markdown, CSV, LaTeX).
+
+Figures are in :mod:`benchmark.reporting.figures`, the HTML page in :mod:`benchmark.reporting.report`."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from benchmark.store.integrity import IntegrityError, read_json_file, read_status
@@ -65,7 +66,8 @@ def _result_row(path: Path) -> dict:
                     "trainable_task_pct": parameters.get("trainable_task_pct"),
                     "trainable_total_pct": parameters.get("trainable_total_pct"),
                     "stored": parameters.get("stored"),
-                    "curve": metrics.get("accuracy_curve_rounded")})
+                    "curve": metrics.get("accuracy_curve_rounded"),
+                    "matrix": metrics.get("acc_matrix_rounded")})
     return row
 
 
@@ -82,12 +84,7 @@ def summary_table(results: pd.DataFrame, metrics: list[str], with_paper: bool = 
         return pd.DataFrame()
     paper = paper_numbers() if with_paper else None
     table: dict[tuple[str, str], dict[str, str]] = {}
-    if "precision" not in finished:
-        finished = finished.assign(precision="fp32")
-    if finished["precision"].nunique() > 1:  # runs of several precisions: label each row with its precision
-        finished = finished.assign(row=finished["method"] + " (" + finished["precision"] + ")")
-    else:
-        finished = finished.assign(row=finished["method"])
+    finished = with_row_labels(finished)
     for (bench, method, row), group in finished.groupby(["bench", "method", "row"], sort=True):
         for metric in metrics:
             column, label = METRICS[metric]
@@ -103,6 +100,16 @@ def summary_table(results: pd.DataFrame, metrics: list[str], with_paper: bool = 
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     frame.index.name = "method"
     return frame.fillna("–")
+
+
+def with_row_labels(finished: pd.DataFrame) -> pd.DataFrame:
+    """``finished`` with a ``row`` column: the table row of each run (the method, plus its precision in
+    parentheses when the runs have several precisions)."""
+    if "precision" not in finished:
+        finished = finished.assign(precision="fp32")
+    if finished["precision"].nunique() > 1:  # runs of several precisions: label each row with its precision
+        return finished.assign(row=finished["method"] + " (" + finished["precision"] + ")")
+    return finished.assign(row=finished["method"])
 
 
 def failed_runs(results: pd.DataFrame) -> pd.DataFrame:
@@ -163,60 +170,3 @@ def write_tables(table: pd.DataFrame, out_dir: Path, stem: str = "summary") -> l
         atomic_write_bytes(path, render(table, fmt).encode())
         paths.append(path)
     return paths
-
-
-def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per benchmark: accuracy on seen classes after each task, and final accuracy vs trainable params."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    finished = results[results["state"] == "finished"] if len(results) else results
-    if finished.empty:
-        return []  # nothing to plot: no folder is created
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for bench, group in finished.groupby("bench", sort=True):
-        figure, axis = plt.subplots(figsize=(6, 4))
-        for method, runs in group.groupby("method", sort=True):
-            curves = np.array([curve for curve in runs["curve"]], dtype=float)
-            mean = curves.mean(axis=0)
-            steps = np.arange(1, len(mean) + 1)
-            axis.plot(steps, mean, marker="o", markersize=3, label=method)
-            if len(curves) > 1:
-                std = curves.std(axis=0, ddof=1)
-                axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        axis.set(xlabel="tasks learned", ylabel="accuracy on seen classes (%)", title=bench)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        paths.append(_save(figure, out_dir / f"{bench}_accuracy.png"))
-
-        figure, axis = plt.subplots(figsize=(6, 4))
-        summary = group.groupby("method").agg(last=("last_acc", "mean"), params=("trainable_task_pct", "mean"))
-        for method, row in summary.iterrows():
-            x = float(row["params"])
-            axis.scatter(x, row["last"], s=40)
-            axis.annotate(method, (x, row["last"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        axis.set_xscale("symlog", linthresh=0.01)  # methods that train nothing sit at 0
-        axis.set(xlabel="trainable parameters per task (% of backbone, symlog)",
-                 ylabel="final accuracy A_T (%)", title=bench)
-        axis.grid(alpha=0.3)
-        paths.append(_save(figure, out_dir / f"{bench}_acc_vs_params.png"))
-    return paths
-
-
-def _save(figure, path: Path) -> Path:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
