@@ -16,6 +16,7 @@ from benchmark.errors import ClbenchError
 from benchmark.method import Method
 from benchmark.models.backbones import build_backbone
 from benchmark.precision import check_precision
+from benchmark.reporting.trackers.base import TrackerSettings
 from benchmark.registry import METHODS
 from benchmark.store.results import RunStore
 
@@ -64,6 +65,8 @@ class RunRequest:
     variant: str | None = None  # a grid variant's name: the run folder is ``<method>[<variant>]``
     precision: str = "fp32"
     """Autocast precision of training and evaluation: fp32 (default), bf16, fp16 (``benchmark/precision.py``)."""
+    trackers: TrackerSettings = field(default_factory=TrackerSettings)
+    """Experiment trackers to log to (``--log-to``); not in the resume fingerprint: logging changes no result."""
 
 
 @dataclass
