@@ -1,0 +1,175 @@
+"""Experiment trackers (`bench run --log-to`): what each tracker received, read back with the tracker's own
+reader, equals the run's metrics.json; a resumed run continues the same tracker runs; a tracker that raises never
+changes or loses a result; bad input is one clear line."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from benchmark.reporting.trackers import hub
+from benchmark.reporting.trackers.base import flat_params, scalars
+from benchmark.reporting.trackers.tensorboard_tracker import TensorBoardTracker
+
+pytest.importorskip("tensorboard")
+pytest.importorskip("mlflow")
+pytest.importorskip("wandb")
+
+# One epoch of large batches: the cheapest finetune run that still has an epoch loss per task.
+FINETUNE = ["--methods", "finetune", "--bench", "digits_t5", "--set", "finetune.epochs=1",
+            "--set", "finetune.batch_size=256", "--quiet", "--workers", "0"]
+SIMPLECIL = ["--methods", "simplecil", "--bench", "digits_t5", "--quiet", "--workers", "0"]
+TIMING_KEYS = {"train_seconds", "eval_seconds", "peak_memory_mb"}
+
+
+def bench(*args) -> int:
+    return main([str(arg) for arg in args])
+
+
+def offline_wandb(patch: pytest.MonkeyPatch, root: Path) -> None:
+    """W&B offline, silent, its caches in ``root``, and any network attempt pointed at a closed local port."""
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": root,
+                       "WANDB_CACHE_DIR": root / "cache", "WANDB_CONFIG_DIR": root / "config",
+                       "WANDB_DATA_DIR": root / "data", "WANDB_BASE_URL": "http://127.0.0.1:9"}.items():
+        patch.setenv(key, str(value))
+    for key in ("WANDB_API_KEY", "WANDB_PROJECT", "MLFLOW_TRACKING_URI"):
+        patch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """finetune on digits_t5 logged to all three trackers: stopped after task 2 (--max-tasks), then resumed."""
+    results = tmp_path_factory.mktemp("results")
+    run_dir = results / "digits_t5" / "finetune" / "seed1993"
+    with pytest.MonkeyPatch.context() as patch:
+        offline_wandb(patch, tmp_path_factory.mktemp("wandb"))
+        assert bench("run", *FINETUNE, "--results-dir", results, "--max-tasks", "2",
+                     "--log-to", "tensorboard", "--log-to", "mlflow,wandb") == 0
+        first_ids = json.loads((run_dir / "trackers.json").read_text())["ids"]
+        assert bench("run", *FINETUNE, "--results-dir", results, "--log-to", "tensorboard,mlflow,wandb") == 0
+    return results, run_dir, first_ids
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_tensorboard_scalars_equal_metrics_json(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, _ = tracked
+    metrics, timing = read_json(run_dir / "metrics.json"), read_json(run_dir / "timing.json")
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+
+    def series(tag):
+        return [(event.step, event.value) for event in events.Scalars(tag)]
+
+    as_float32 = np.float32
+    assert series("task/accuracy") == [(t, as_float32(a)) for t, a in
+                                       enumerate(metrics["accuracy_curve_rounded"], start=1)]
+    assert series("task/avg_acc")[-1] == (5, as_float32(metrics["avg_acc"]))
+    assert series("task/forgetting_pilot")[-1] == (5, as_float32(metrics["forgetting_pilot"]))
+    assert series("task/train_seconds") == [(entry["task"] + 1, as_float32(entry["train_seconds"]))
+                                            for entry in timing]
+    for key in ("avg_acc", "last_acc", "forgetting_pilot", "forgetting_avalanche"):
+        assert series(f"final/{key}") == [(0, as_float32(metrics[key]))]
+    assert series("final/parameters/trainable_task") == [(0, metrics["parameters"]["trainable_task"])]
+    # one epoch per task; the resumed session's epochs continue at the global epoch index 2
+    losses = series("train/loss")
+    assert [step for step, _ in losses] == [0, 1, 2, 3, 4]
+    assert all(np.isfinite(loss) and loss > 0 for _, loss in losses)
+
+
+def test_mlflow_run_is_resumed_and_reads_back_through_the_client(tracked):
+    from mlflow.tracking import MlflowClient
+
+    results, run_dir, first_ids = tracked
+    metrics = read_json(run_dir / "metrics.json")
+    run_id = read_json(run_dir / "trackers.json")["ids"]["mlflow"]
+    assert run_id == first_ids["mlflow"]  # the resumed session reopened the same MLflow run
+    client = MlflowClient(tracking_uri=f"sqlite:///{(results / 'mlruns' / 'mlflow.db').resolve()}")
+    experiment = client.get_experiment_by_name("digits_t5")
+    assert [run.info.run_id for run in client.search_runs([experiment.experiment_id])] == [run_id]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "digits_t5/finetune/seed1993"
+    assert run.data.params["method"] == "finetune" and run.data.params["hparams.epochs"] == "1"
+    assert run.data.tags["clbench.state"] == "finished"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "task/accuracy"))
+    assert history == list(enumerate(metrics["accuracy_curve_rounded"], start=1))
+    assert run.data.metrics["final/avg_acc"] == metrics["avg_acc"]
+    assert run.data.metrics["final/forgetting_pilot"] == metrics["forgetting_pilot"]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [0, 1, 2, 3, 4]
+    assert {item.path for item in client.list_artifacts(run_id)} == {"config.json", "metrics.json"}
+
+
+def test_wandb_offline_run_files_written_and_resumed(tracked):
+    _, run_dir, first_ids = tracked
+    run_id = read_json(run_dir / "trackers.json")["ids"]["wandb"]
+    assert run_id == first_ids["wandb"]
+    sessions = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(sessions) == 2  # one per session, the same run id: `wandb sync` joins them
+    for session in sessions:
+        assert (session / f"run-{run_id}.wandb").stat().st_size > 0
+
+
+class FailingOnTask2(TensorBoardTracker):
+    def log_task(self, task, values):
+        if task == 2:
+            raise RuntimeError("event file gone\nsecond line")
+        super().log_task(task, values)
+
+
+def test_a_tracker_that_raises_leaves_the_run_finished_and_its_metrics_identical(tmp_path, monkeypatch):
+    monkeypatch.setitem(hub.TRACKERS, "tensorboard", (__name__, "FailingOnTask2", "tensorboard"))
+    assert bench("run", *SIMPLECIL, "--results-dir", tmp_path / "tracked", "--log-to", "tensorboard") == 0
+    assert bench("run", *SIMPLECIL, "--results-dir", tmp_path / "plain") == 0
+    tracked_dir, plain_dir = (tmp_path / name / "digits_t5" / "simplecil" / "seed1993" for name in ("tracked", "plain"))
+    assert read_json(tracked_dir / "status.json")["state"] == "finished"
+    with_tracker, without = read_json(tracked_dir / "metrics.json"), read_json(plain_dir / "metrics.json")
+    assert {k: v for k, v in with_tracker.items() if k not in TIMING_KEYS} == \
+        {k: v for k, v in without.items() if k not in TIMING_KEYS}
+    warnings = [line for line in (tracked_dir / "log.txt").read_text().splitlines() if "warning: tracker" in line]
+    assert len(warnings) == 1
+    assert warnings[0].endswith("warning: tracker tensorboard failed in log_task (RuntimeError: event file gone); "
+                                "disabled for the rest of this run (results are unaffected)")
+    assert not (plain_dir / "trackers.json").exists() and not (plain_dir / "tensorboard").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--log-to", "tensorbord"], "--log-to tensorbord: unknown tracker (choose from tensorboard, mlflow, wandb)"),
+    (["--log-to", "mlflow", "--wandb-project", "p"], "--wandb-project needs --log-to wandb"),
+    (["--mlflow-uri", "sqlite:///x.db"], "--mlflow-uri needs --log-to mlflow"),
+])
+def test_bad_tracker_options_are_one_clear_error(args, message, tmp_path, capsys):
+    assert bench("run", *SIMPLECIL, "--results-dir", tmp_path, *args) == 2
+    assert capsys.readouterr().err == f"bench: error: {message}\n"
+
+
+def test_a_tracker_not_installed_is_one_preflight_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    real = hub.importlib.util.find_spec
+    monkeypatch.setattr(hub.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    assert bench("run", *SIMPLECIL, "--results-dir", tmp_path / "results", "--log-to", "wandb,tensorboard") == 2
+    assert capsys.readouterr().err == ("bench: error: --log-to wandb: wandb is not installed: "
+                                       "pip install 'clbench[wandb]'\n")
+    assert not (tmp_path / "results").exists()
+
+
+def test_trackers_do_not_enter_the_resume_fingerprint():
+    from benchmark.reporting.trackers import tracker_settings
+    from benchmark.runs.resolve import RunRequest, resolve_run
+    from benchmark.runs.stored import resume_fields
+
+    plain = resolve_run(RunRequest(bench="digits_t5", method="simplecil"))
+    logged = resolve_run(RunRequest(bench="digits_t5", method="simplecil",
+                                    trackers=tracker_settings(["mlflow"], "sqlite:///x.db")))
+    assert resume_fields(logged) == resume_fields(plain)
+
+
+def test_scalars_and_params_flatten_nested_records():
+    record = {"avg_acc": 86.91, "tasks": 5, "ok": True, "curve": [1.0], "name": "x",
+              "parameters": {"head": 640, "notes": ""}}
+    assert scalars(record) == {"avg_acc": 86.91, "tasks": 5.0, "parameters/head": 640.0}
+    assert flat_params({"seed": 1993, "hparams": {"lr": 0.01, "targets": ["q", "v"]}, "weights": None, "x": {}}) == \
+        {"seed": "1993", "hparams.lr": "0.01", "hparams.targets": '["q", "v"]', "weights": "null", "x": "{}"}
