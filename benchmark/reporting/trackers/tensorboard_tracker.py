@@ -26,8 +26,9 @@ class TensorBoardTracker(Tracker):
         logdir = context.run_dir / FOLDER
         if context.first_task == 0 and logdir.exists():
             shutil.rmtree(logdir)  # events of an earlier attempt that restarted from task 1
+        new = not logdir.exists()
         self.writer = SummaryWriter(log_dir=str(logdir))
-        if context.first_task == 0:
+        if new:
             self.writer.add_text("config", _json_text(config), 0)
             self.writer.add_text("parameters", _json_text(parameters), 0)
             for key, value in scalars(parameters).items():
