@@ -156,15 +156,20 @@ def test_a_tracker_not_installed_is_one_preflight_line_naming_the_extra(tmp_path
     assert not (tmp_path / "results").exists()
 
 
-def test_trackers_do_not_enter_the_resume_fingerprint():
+def test_trackers_travel_to_ray_workers_but_not_into_the_resume_fingerprint():
+    import pickle
+
     from benchmark.reporting.trackers import tracker_settings
+    from benchmark.runs.launchers import _portable
     from benchmark.runs.resolve import RunRequest, resolve_run
     from benchmark.runs.stored import resume_fields
 
+    settings = tracker_settings(["mlflow,wandb"], "sqlite:///x.db", "proj")
     plain = resolve_run(RunRequest(bench="digits_t5", method="simplecil"))
-    logged = resolve_run(RunRequest(bench="digits_t5", method="simplecil",
-                                    trackers=tracker_settings(["mlflow"], "sqlite:///x.db")))
+    logged = resolve_run(RunRequest(bench="digits_t5", method="simplecil", trackers=settings))
     assert resume_fields(logged) == resume_fields(plain)
+    assert pickle.loads(pickle.dumps(_portable(logged))).request.trackers == settings
+    assert settings.names == ("mlflow", "wandb")
 
 
 def test_scalars_and_params_flatten_nested_records():
@@ -173,3 +178,87 @@ def test_scalars_and_params_flatten_nested_records():
     assert scalars(record) == {"avg_acc": 86.91, "tasks": 5.0, "parameters/head": 640.0}
     assert flat_params({"seed": 1993, "hparams": {"lr": 0.01, "targets": ["q", "v"]}, "weights": None, "x": {}}) == \
         {"seed": "1993", "hparams.lr": "0.01", "hparams.targets": '["q", "v"]', "weights": "null", "x": "{}"}
+
+
+def test_tracker_options_default_to_the_trackers_own_variables_only_when_requested(monkeypatch):
+    from benchmark.reporting.trackers import tracker_settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    monkeypatch.setenv("WANDB_PROJECT", "team")
+    assert tracker_settings(["tensorboard"]).mlflow_uri is None
+    assert tracker_settings(["mlflow"]).mlflow_uri == "sqlite:///elsewhere.db"
+    assert tracker_settings(["mlflow"], "http://host:5000").mlflow_uri == "http://host:5000"
+    assert (tracker_settings(["wandb"]).wandb_project, tracker_settings(["mlflow"]).wandb_project) == ("team", None)
+
+
+class Recording:
+    """A tracker that records its calls (``fail_in``: the call that raises)."""
+    fail_in = None
+    instances: list = []
+
+    def __init__(self):
+        self.calls = []
+        self.instances.append(self)
+
+    def _record(self, call, *args):
+        if call == self.fail_in:
+            raise OSError("disk full")
+        self.calls.append((call, *args))
+
+    def start(self, context, config, parameters, resume_id):
+        self._record("start", context.first_task, resume_id)
+        return f"id-{type(self).__name__}"
+
+    def log_task(self, task, values):
+        self._record("log_task", task, values["task/accuracy"])
+
+    def log_epoch(self, step, loss):
+        self._record("log_epoch", step, loss)
+
+    def finish(self, state, metrics):
+        self._record("finish", state)
+
+
+class FailsInStart(Recording):
+    name, fail_in = "bad", "start"
+
+
+class Works(Recording):
+    name = "good"
+
+
+def test_hub_isolates_a_failing_tracker_and_continues_epoch_steps_on_resume(tmp_path, monkeypatch):
+    from benchmark.method import SilentMonitor
+    from benchmark.reporting.trackers import Trackers, TrackerSettings
+
+    monkeypatch.setitem(hub.TRACKERS, "bad", (__name__, "FailsInStart", "pytest"))
+    monkeypatch.setitem(hub.TRACKERS, "good", (__name__, "Works", "pytest"))
+    warnings = []
+
+    def session(first_task, tasks, epochs):
+        trackers = Trackers(TrackerSettings(("bad", "good")), tmp_path, tmp_path, "b/m/seed1", warnings.append)
+        trackers.start({"bench": "b"}, lambda: {"backbone": 10}, first_task)
+        factory = trackers.monitor_factory(lambda label, index: SilentMonitor())
+        for index in tasks:
+            monitor = factory("task", index)
+            for epoch in range(epochs):
+                monitor.end_epoch(epoch, 0.5)
+            trackers.log_task(index, {"accuracy_curve_rounded": [90.0], "avg_acc": 90.0, "forgetting_pilot": 0.0},
+                              1.0, 0.5)
+        trackers.finish("partial")
+        return trackers
+
+    monkeypatch.setattr(Recording, "instances", [])
+    session(0, [0, 1], epochs=2)
+    assert warnings == ["warning: tracker bad failed in start (OSError: disk full); disabled for the rest of this "
+                        "run (results are unaffected)"]
+    assert json.loads((tmp_path / "trackers.json").read_text()) == {"ids": {"good": "id-Works"},
+                                                                    "epochs_per_task": [2, 2]}
+    session(2, [2], epochs=3)
+    assert len(warnings) == 2  # the failing tracker fails again in the resumed session, once
+    first, resumed = [tracker for tracker in Recording.instances if isinstance(tracker, Works)]
+    assert first.calls == [("start", 0, None), ("log_epoch", 0, 0.5), ("log_epoch", 1, 0.5), ("log_task", 1, 90.0),
+                           ("log_epoch", 2, 0.5), ("log_epoch", 3, 0.5), ("log_task", 2, 90.0), ("finish", "partial")]
+    assert resumed.calls == [("start", 2, "id-Works"), ("log_epoch", 4, 0.5), ("log_epoch", 5, 0.5),
+                             ("log_epoch", 6, 0.5), ("log_task", 3, 90.0), ("finish", "partial")]
+    assert json.loads((tmp_path / "trackers.json").read_text())["epochs_per_task"] == [2, 2, 3]

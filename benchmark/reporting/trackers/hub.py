@@ -69,6 +69,7 @@ class Trackers:
 
     @property
     def state_path(self) -> Path:
+        """``<run>/trackers.json``: the trackers' run ids and the epochs trained per task."""
         return self.run_dir / STATE_FILE
 
     def start(self, config: dict, parameters: Callable[[], dict], first_task: int) -> None:
