@@ -151,6 +151,11 @@ class Trackers:
             detail = (str(error).strip().splitlines() or [""])[0][:300]
             self.warn(f"warning: tracker {name} failed in {what} ({type(error).__name__}: {detail}); disabled for "
                       "the rest of this run (results are unaffected)")
+            if tracker is not None and what != "finish":
+                try:
+                    tracker.finish("failed", None)  # release its files and background processes
+                except Exception:
+                    pass  # a tracker that just failed may fail to close as well; it has been reported once
             return None
 
     def _save_state(self) -> None:
