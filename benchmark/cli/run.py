@@ -19,6 +19,7 @@ def _on_any_device(run):
 def command(args: argparse.Namespace) -> int:
     """Plan the runs (methods x benchmarks x seeds x grid variants), check them all (preflight), then execute
     them with the chosen launcher; print a summary; non-zero if a run failed. ``--dry-run`` lists the plan."""
+    from benchmark.reporting.trackers import tracker_settings
     from benchmark.runs.plan import describe_plan, merge_overrides, method_variants, parse_seeds
     from benchmark.runs.preflight import PreflightError, preflight, resolve_requests
     from benchmark.runs.progress import RunProgress
@@ -42,12 +43,13 @@ def command(args: argparse.Namespace) -> int:
             import_ray()
     elif args.address or args.gpus_per_run or args.cpus_per_run != 1.0:
         raise ClbenchError("--address, --gpus-per-run and --cpus-per-run need --launcher ray")
+    trackers = tracker_settings(args.log_to, args.mlflow_uri, args.wandb_project)
     runs = resolve_requests(RunRequest(
         bench=bench, method=method, seed=seed, backbone=args.backbone, weights=args.weights,
         device=args.device, data_root=Path(args.data_root),
         overrides=merge_overrides(method, overrides_for(method, args.set, methods), variant),
         results_dir=Path(args.results_dir), workers=args.workers, fresh=args.fresh, max_tasks=args.max_tasks,
-        precision=args.precision, eval_cache=not args.no_eval_cache,
+        precision=args.precision, eval_cache=not args.no_eval_cache, trackers=trackers,
         variant=variant.name if variant else None)
         for bench in benches for method in methods for variant in variants[method] for seed in seeds)
     if args.dry_run:
@@ -115,4 +117,11 @@ def add_parser(commands) -> None:
                      help="autocast precision of training and evaluation (default fp32, the published setting)")
     run.add_argument("--no-eval-cache", action="store_true",
                      help="recompute frozen per-image work at every evaluation (results are identical either way)")
+    run.add_argument("--log-to", action="append", metavar="TRACKER",
+                     help="also log to an experiment tracker: tensorboard, mlflow, wandb (repeatable; offline by "
+                          "default, see README 'Experiment trackers')")
+    run.add_argument("--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite under "
+                                          "<results-dir>/mlruns)")
+    run.add_argument("--wandb-project", help="W&B project (default $WANDB_PROJECT, else clbench); online only with "
+                                             "WANDB_API_KEY set")
     run.set_defaults(handler=command)

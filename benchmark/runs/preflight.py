@@ -9,6 +9,7 @@ Checked for every run the command will execute:
 - each dataset tree (layout, class folders, pickles) and that every image file of it decodes
   (:func:`benchmark.data.image_check.check_images`, verdicts cached across commands);
 - each results dir: writable, and room for the runs' checkpoints;
+- each requested experiment tracker (``--log-to``): its package is installed (else the extra to install);
 - the stored state of each run that will resume (status, config and its fingerprint, timing, predictions
   against the stored fingerprint, checkpoint against the task count), unless another live process holds the
   run (it will be skipped as ``locked``).
@@ -27,6 +28,7 @@ from benchmark.data.image_check import check_images
 from benchmark.errors import ClbenchError, DataError, WeightsError
 from benchmark.models.backbones import _cached_hub_file
 from benchmark.registry import BACKBONES, DATASETS
+from benchmark.reporting.trackers import missing_packages
 from benchmark.runs.resolve import ResolvedRun, RunRequest, resolve_device, resolve_run
 from benchmark.runs.stored import check_stored_run
 from benchmark.store.locking import live_holder
@@ -82,6 +84,8 @@ def preflight(runs: Sequence[ResolvedRun]) -> None:
         needed = max(checkpoint_bytes[(run.backbone, run.request.weights)] for run in mine) * 2 \
             + PER_RUN_BYTES * len(mine)
         problems += check_results_dir(results_dir, needed)
+    for settings in dict.fromkeys(run.request.trackers for run in runs):
+        problems += missing_packages(settings)
     for run in runs:
         problems += check_stored_state(run)
     if problems:

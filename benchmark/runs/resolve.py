@@ -16,6 +16,7 @@ from benchmark.errors import ClbenchError
 from benchmark.method import Method
 from benchmark.models.backbones import build_backbone
 from benchmark.precision import check_precision
+from benchmark.reporting.trackers.base import TrackerSettings
 from benchmark.registry import METHODS
 from benchmark.store.results import RunStore
 
@@ -67,6 +68,8 @@ class RunRequest:
     eval_cache: bool = True
     """Serve frozen per-image computations from the evaluation cache (``benchmark/runs/eval_cache.py``); results
     are identical either way, so it is not part of the resume fingerprint."""
+    trackers: TrackerSettings = field(default_factory=TrackerSettings)
+    """Experiment trackers to log to (``--log-to``); not in the resume fingerprint: logging changes no result."""
 
 
 @dataclass

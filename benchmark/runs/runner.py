@@ -28,12 +28,13 @@ from benchmark.store.integrity import (IntegrityError, config_digest, read_json_
 from benchmark.store.locking import RunLocked, run_lock
 from benchmark.method import SilentMonitor, Task, TrainingMonitor
 from benchmark.reporting.metrics import compute_metrics
+from benchmark.reporting.trackers import Trackers
 from benchmark.store.provenance import git_commit, package_versions
 from benchmark.store.results import RunStore, atomic_write_json
 from benchmark.data.streams import Stream, build_stream
 from benchmark.runs.eval_cache import EvalCache
 from benchmark.runs.evaluation import evaluate, make_loader
-from benchmark.runs.resolve import ResolvedRun, build_method, default_workers, resolve_device
+from benchmark.runs.resolve import ResolvedRun, build_method, default_workers, describe_parameters, resolve_device
 from benchmark.runs.stored import check_resumable, resume_fields, verify_predictions
 
 
@@ -125,8 +126,11 @@ def _execute_locked(run: ResolvedRun, store: RunStore, monitor_factory: MonitorF
     except IntegrityError as error:  # left as found: the user decides (--fresh)
         return RunOutcome(run, "failed", reason=str(error))
     log = RunLog(store, echo)
+    trackers = Trackers(request.trackers, store.path, request.results_dir,
+                        f"{request.bench}/{run.name}/seed{request.seed}", lambda line: _echo_or_log(log, line))
     try:
-        return _train_and_evaluate(run, store, log, monitor_factory or (lambda label, total: SilentMonitor()))
+        return _train_and_evaluate(run, store, log, trackers.monitor_factory(
+            monitor_factory or (lambda label, total: SilentMonitor())), trackers)
     except KeyboardInterrupt:
         _record(run, store, log, "interrupted", "interrupted (Ctrl-C)")
         raise
@@ -142,6 +146,8 @@ def _execute_locked(run: ResolvedRun, store: RunStore, monitor_factory: MonitorF
             store.append_log(traceback.format_exc())
         except OSError:
             pass  # the disk that failed the run may refuse the log too; the reason still reaches the caller
+    finally:
+        trackers.finish("failed")  # closes the trackers' runs of a run that did not get to finish them
     return RunOutcome(run, "failed", reason=_record(run, store, log, "failed", reason))
 
 
@@ -173,7 +179,7 @@ def _record(run: ResolvedRun, store: RunStore, log: RunLog, state: str, reason: 
 
 
 def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
-                        monitor_factory: MonitorFactory) -> RunOutcome:
+                        monitor_factory: MonitorFactory, trackers: Trackers) -> RunOutcome:
     request = run.request
     device = resolve_device(request.device)
     method = build_method(run, device)
@@ -215,6 +221,7 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
     # Kept for this process only: a resumed run recomputes what an earlier process held.
     cache = EvalCache(len(stream.eval_labels(run.num_tasks - 1))) if request.eval_cache else None
     store.write_status("running", start)
+    trackers.start(config, lambda: describe_parameters(run), start)
     for index in range(start, stop):
         task_data = stream.tasks[index]
         # Seeding per task makes a resumed run identical to an uninterrupted one (augmentation, shuffling).
@@ -250,9 +257,11 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
             f"{partial['accuracy_curve_rounded'][-1]:.2f}  avg = {partial['avg_acc']:.2f}  "
             f"(train {train_seconds:.1f}s, eval {eval_seconds:.1f}s"
             + (f", eval cache {cache.nbytes / 2**20:.1f} MB)" if cache and cache.nbytes else ")"))
+        trackers.log_task(index, partial, train_seconds, eval_seconds)
     if stop < run.num_tasks:
         store.write_status("partial", stop)
         log(f"stopped after task {stop} of {run.num_tasks} (--max-tasks); run again to continue")
+        trackers.finish("partial")
         return RunOutcome(run, "partial")
     verify_predictions(run, store, stream, run.num_tasks)
     metrics = compute_metrics(store.load_evaluations(run.num_tasks), stream.increments)
@@ -263,6 +272,7 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
     atomic_write_json(store.metrics_path, metrics)
     store.write_status("finished", run.num_tasks)
     store.checkpoint_path.unlink(missing_ok=True)
+    trackers.finish("finished", metrics)
     log(f"finished {request.bench}/{request.method}/seed{request.seed}: avg_acc {metrics['avg_acc']:.2f}, "
         f"last_acc {metrics['last_acc']:.2f}, forgetting (PILOT) {metrics['forgetting_pilot']:.2f}")
     return RunOutcome(run, "finished", metrics=metrics)
