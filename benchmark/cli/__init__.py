@@ -1,6 +1,6 @@
 """The ``bench`` command line: it parses, resolves names through the registries, and calls the harness.
 
-One module per command (``listing``, ``describe``, ``params``, ``run``, ``table``, ``plot``, ``speed``), each with
+One module per command (``listing``, ``describe``, ``params``, ``run``, ``table``, ``plot``, ``speed``, ``data``), each with
 ``add_parser(commands)`` and ``command(args) -> int``; :func:`main` turns a :class:`ClbenchError` into one line
 and exit status 2. The CLI sits on top of everything: it may import any layer, and nothing imports it.
 """
@@ -10,10 +10,10 @@ import argparse
 import sys
 import warnings
 
-from benchmark.cli import describe, listing, params, plot, run, speed, table
+from benchmark.cli import data, describe, listing, params, plot, run, speed, table
 from benchmark.errors import ClbenchError
 
-COMMANDS = (listing, describe, params, run, table, plot, speed)
+COMMANDS = (listing, describe, params, run, table, plot, speed, data)
 
 
 def build_parser() -> argparse.ArgumentParser:
