@@ -71,6 +71,11 @@ class Registry(Generic[T]):
             for entry_point in metadata.entry_points(group=self.group):
                 entry_point.load()
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a declared dataset whose file is dropped); unknown names are ignored."""
+        for table in (self._items, self._modules, self._origins):
+            table.pop(name, None)
+
     def origin(self, name: str) -> str:
         """Where ``name`` came from: ``built-in``, ``entry point NAME = MODULE (DIST)``, the origin given at
         registration (a declaration file), or ``module M`` when registered by code outside any entry point."""

@@ -171,7 +171,8 @@ def corrupt_file(path: Path) -> Path:
 
 
 def write_all_datasets(root: Path, train_per_class: int, test_per_class: int) -> Path:
-    """The fake trees of all four downloadable datasets (CIFAR-100, ImageNet-R, ImageNet-A, VTAB) under ``root``."""
-    for dataset in ("cifar100", "imr", "ima", "vtab"):
+    """The fake trees of all eight downloadable datasets (CIFAR-100, ImageNet-R, ImageNet-A, VTAB, CUB-200,
+    ObjectNet, OmniBenchmark, DomainNet) under ``root``."""
+    for dataset in ("cifar100", "imr", "ima", "vtab", "cub", "objnet", "omni", "domainnet"):
         write_dataset(root, dataset, train_per_class=train_per_class, test_per_class=test_per_class)
     return root

@@ -11,12 +11,20 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.data.datasets.declared import declare
+from benchmark.data.datasets.declared import declare, forget_declared
 from benchmark.data.datasets.domainnet import DOMAINNET
 from benchmark.data.datasets.folders import CUB
 from benchmark.data.prepare import MARKER
 from benchmark.registry import DATASETS
 from fabricate import cub_names, write_cub_release, write_domainnet_release, write_image_folders
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Image verdicts cached under the test's folder; datasets declared by a test are forgotten after it."""
+    monkeypatch.setenv("CLBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    yield
+    forget_declared()
 
 
 def bench(*args) -> int:
@@ -238,3 +246,22 @@ def test_bad_declared_tree_is_one_line_before_training(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and "class folder(s) without images: test/b" in error
     assert not (tmp_path / "results").exists()
+
+
+# -- where a dataset came from ---------------------------------------------------------------------------
+def test_registry_names_the_entry_point_or_module_a_name_came_from(monkeypatch):
+    from importlib import metadata
+
+    from benchmark import registry
+
+    plugin = metadata.EntryPoint(name="plug", value="myplugin", group="clbench.test")
+    monkeypatch.setattr(registry.metadata, "entry_points",
+                        lambda group=None: [plugin] if group == "clbench.test" else [])
+    names = registry.Registry("dataset", "clbench.test")
+    names._loaded = True  # nothing to import: the names are registered below, as modules would
+    exec("names.register('mine')(1)", {"__name__": "myplugin.sets", "names": names})
+    exec("names.register('other')(2)", {"__name__": "elsewhere", "names": names})
+    names.register("declared", origin="/some/file.clbench.toml")(3)
+    assert names.origin("mine") == "entry point plug = myplugin"
+    assert names.origin("other") == "module elsewhere"
+    assert names.origin("declared") == "/some/file.clbench.toml"

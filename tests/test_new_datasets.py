@@ -101,8 +101,9 @@ def test_new_families_default_to_the_in21k_vit(bench_name):
     assert resolve_run(RunRequest(bench_name, "finetune")).backbone == IN21K == "vit_base_patch16_224.augreg_in21k"
 
 
-@pytest.mark.parametrize("name", ["cub_t2", "objnet_t2", "omni_t3", "domainnet_t3"])
-def test_simplecil_and_l2p_run_on_each_new_tree(name, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["cub_t2", "objnet_t2", "omni_t2", "domainnet_t3"])
+def test_simplecil_and_l2p_run_on_each_new_tree(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLBENCH_CACHE_DIR", str(tmp_path / "cache"))
     write_dataset(tmp_path / "data", name.split("_")[0])
     code = bench("run", "--methods", "simplecil,l2p", "--bench", name, "--backbone", "vit_tiny_random",
                  "--data-root", tmp_path / "data", "--results-dir", tmp_path / "results", "--workers", "0",

@@ -79,6 +79,13 @@ def declare(path: Path) -> DatasetSpec:
     return spec
 
 
+def forget_declared() -> None:
+    """Unregister every dataset declared so far in this process (a later read declares them afresh)."""
+    for _, spec in _declared.values():
+        DATASETS.unregister(spec.name)
+    _declared.clear()
+
+
 def _spec_from(path: Path, content: bytes) -> DatasetSpec:
     try:
         table = tomllib.loads(content.decode("utf-8"))

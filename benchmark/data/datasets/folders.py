@@ -60,8 +60,9 @@ def read_split_trees(spec: DatasetSpec, root: Path | None, trees: dict[str, Path
         raise spec.data_error(root, f"train/ and test/ class folders differ ({'; '.join(problems)})")
     names = classes["train"]
     if len(names) != spec.num_classes:
-        raise spec.data_error(root, f"{trees['train']} and {trees['test']} have {len(names)} class folders, "
-                                    f"expected {spec.num_classes}")
+        train, test = trees["train"], trees["test"]
+        raise spec.data_error(root, f"{train.parent} has {len(names)} class folders in {train.name}/ and "
+                                    f"{test.name}/, expected {spec.num_classes}")
     sources = {}
     for split, tree in trees.items():
         files = [image_files(tree / name) for name in names]
