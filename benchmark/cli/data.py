@@ -25,7 +25,7 @@ def command(args: argparse.Namespace) -> int:
         return 0 if report.ready else 1
     from benchmark.data.prepare import prepare
 
-    print(prepare(spec.name, Path(args.source), root, show_progress=not args.quiet))
+    print("\n".join(prepare(spec.name, Path(args.source), root, show_progress=not args.quiet)))
     return 0
 
 

@@ -18,14 +18,18 @@ import json
 import shutil
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
 from benchmark.data.datasets.domainnet import DOMAINS, SPLITS, list_name, read_list
+from benchmark.data.datasets.images import md5_of
 from benchmark.errors import DataError
 
 MARKER = ".clbench-prepared.json"
+# CUB_200_2011.tgz as published at https://data.caltech.edu/records/65de6-vp158 (the MD5 torchvision-style loaders
+# and avalanche-lib's CUB200 check).
+CUB_MD5 = "97eceeb196236b17998738112f37df78"
 
 
 class Files:
@@ -110,6 +114,8 @@ class Plan:
     dataset: str
     folder: str
     copies: dict[tuple[Files, str], str]
+    md5: dict[Path, str] = field(default_factory=dict)
+    """The published MD5 of downloaded archives, where known (a mismatch is a warning, as for CIFAR-100)."""
 
     def digest(self) -> str:
         """SHA-256 of the sorted (member, destination) pairs: what the marker file records."""
@@ -117,8 +123,8 @@ class Plan:
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def prepare(dataset: str, source: Path, root: Path, show_progress: bool = True) -> str:
-    """Build ``dataset``'s tree under ``root`` from ``source``; returns what was done, one line."""
+def prepare(dataset: str, source: Path, root: Path, show_progress: bool = True) -> list[str]:
+    """Build ``dataset``'s tree under ``root`` from ``source``; returns what was done (and checksum warnings)."""
     if dataset not in PLANNERS:
         raise DataError(f"bench data prepare knows how to assemble {', '.join(sorted(PLANNERS))}, not "
                         f"'{dataset}' (bench data check --dataset {dataset} says where to get it)")
@@ -136,7 +142,9 @@ def prepare(dataset: str, source: Path, root: Path, show_progress: bool = True) 
         if absent:
             raise DataError(f"{target} lacks {len(absent)} prepared file(s) (e.g. {absent[0]}); "
                             "move it away to rebuild")
-        return f"{target} is already prepared from {recorded.get('source')}; nothing to do"
+        return [f"{target} is already prepared from {recorded.get('source')}; nothing to do"]
+    warnings = [f"warning: {path} has MD5 {found}, the release's is {expected}"
+                for path, expected in plan.md5.items() if (found := md5_of(path)) != expected]
     staging = target.parent / f".{plan.folder}.partial"
     if staging.exists():
         shutil.rmtree(staging)  # left by an interrupted prepare
@@ -148,7 +156,7 @@ def prepare(dataset: str, source: Path, root: Path, show_progress: bool = True) 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return f"prepared {target}: {len(plan.copies)} files from {Path(source).name}"
+    return warnings + [f"prepared {target}: {len(plan.copies)} files from {Path(source).name}"]
 
 
 def _read_marker(marker: Path) -> dict | None:
@@ -210,7 +218,7 @@ def plan_cub(source: Path) -> Plan:
             raise DataError(f"--from {source}: images.txt entry {image_id} '{relative}' is not <class>/<file>")
         split = "train" if is_train[image_id] == "1" else "test"
         copies[(files, f"{prefix}images/{relative}")] = f"{split}/{relative}"
-    return Plan("cub", "cub", copies)
+    return Plan("cub", "cub", copies, {Path(source): CUB_MD5} if files.kind != "dir" else {})
 
 
 def _id_table(source: Path, text: str, name: str) -> dict[str, str]:

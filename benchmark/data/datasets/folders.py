@@ -116,7 +116,8 @@ CUB = register_dataset("cub")(DatasetSpec(
     expected_tree="<root>/cub/train/<class>/*.jpg and <root>/cub/test/<class>/*.jpg (200 class folders each)",
     download=_aper_download("cub.zip", None, "1XbUpnWpJPnItt5zQ6sHJnsjPncnNLvWb")
     + " Or build the official CUB-200-2011 split (5,994 train / 5,794 test images, not APER's) from "
-      "CUB_200_2011.tgz: bench data prepare --dataset cub --from CUB_200_2011.tgz",
+      "CUB_200_2011.tgz (https://data.caltech.edu/records/65de6-vp158, MD5 97eceeb196236b17998738112f37df78): "
+      "bench data prepare --dataset cub --from CUB_200_2011.tgz",
 ))
 
 OBJECTNET = register_dataset("objnet")(DatasetSpec(
