@@ -115,3 +115,15 @@ def test_simplecil_and_l2p_run_on_each_new_tree(name, tmp_path, capsys, monkeypa
         assert len(metrics["accuracy_curve"]) == int(name.split("_t")[1])
         config = json.loads((run_dir / "config.json").read_text())
         assert config["stream"]["dataset"] == name.split("_")[0] and config["fingerprint"]["dataset_sha256"] is None
+
+
+def test_incomplete_domainnet_tree_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    write_domainnet(tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "domainnet" / "sketch")
+    code = bench("run", "--methods", "simplecil", "--bench", "domainnet_t5", "--backbone", "vit_tiny_random",
+                 "--data-root", tmp_path / "data", "--results-dir", tmp_path / "results", "--workers", "0", "--quiet")
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert f"DomainNet: not found under {tmp_path / 'data'} (missing {tmp_path / 'data' / 'domainnet' / 'sketch'})" \
+        in error and "bench data prepare --dataset domainnet" in error
+    assert not (tmp_path / "results").exists()
