@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import sys
 from importlib import metadata
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -23,6 +24,7 @@ T = TypeVar("T")
 METHOD_GROUP = "clbench.methods"
 DATASET_GROUP = "clbench.datasets"
 BACKBONE_GROUP = "clbench.backbones"
+DISTRIBUTION = "clbench"
 
 
 class Registry(Generic[T]):
@@ -33,16 +35,22 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._items: dict[str, T] = {}
+        self._modules: dict[str, str] = {}
+        self._origins: dict[str, str] = {}
         self._loaded = group is None
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name``; a name may be registered once."""
+    def register(self, name: str, origin: str | None = None) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; a name may be registered once. ``origin`` says where it
+        came from when it is not a module (a declaration file); otherwise :meth:`origin` derives it."""
 
         def decorate(obj: T) -> T:
             existing = self._items.get(name)
             if existing is not None and existing is not obj:
                 raise ValueError(f"{self.kind} '{name}' is registered twice ({existing!r} and {obj!r})")
             self._items[name] = obj
+            self._modules[name] = sys._getframe(1).f_globals.get("__name__", "")  # the registering module
+            if origin is not None:
+                self._origins[name] = origin
             if hasattr(obj, "__dict__") and not isinstance(obj, type(lambda: 0)):
                 try:
                     setattr(obj, "registry_name", name)
@@ -66,6 +74,26 @@ class Registry(Generic[T]):
         if self.group is not None:
             for entry_point in metadata.entry_points(group=self.group):
                 entry_point.load()
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a declared dataset whose file is dropped); unknown names are ignored."""
+        for table in (self._items, self._modules, self._origins):
+            table.pop(name, None)
+
+    def origin(self, name: str) -> str:
+        """Where ``name`` came from: ``built-in``, ``entry point NAME = MODULE (DIST)``, the origin given at
+        registration (a declaration file), or ``module M`` when registered by code outside any entry point."""
+        self._ensure_loaded()
+        if name in self._origins:
+            return self._origins[name]
+        module = self._modules.get(name, "")
+        for entry_point in metadata.entry_points(group=self.group) if self.group else ():
+            if module == entry_point.value or module.startswith(entry_point.value + "."):
+                dist = entry_point.dist.name if entry_point.dist is not None else ""
+                if dist == DISTRIBUTION:
+                    return "built-in"
+                return f"entry point {entry_point.name} = {entry_point.value}" + (f" ({dist})" if dist else "")
+        return f"module {module}"
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
@@ -113,9 +141,10 @@ def register_method(name: str):
     return METHODS.register(name)
 
 
-def register_dataset(name: str):
-    """Register a :class:`benchmark.data.datasets.DatasetSpec` under ``name``."""
-    return DATASETS.register(name)
+def register_dataset(name: str, origin: str | None = None):
+    """Register a :class:`benchmark.data.datasets.DatasetSpec` under ``name`` (``origin``: the declaration file
+    of a dataset declared without code)."""
+    return DATASETS.register(name, origin)
 
 
 def register_backbone(name: str):

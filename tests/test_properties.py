@@ -71,7 +71,7 @@ def test_task_mean_equals_sample_weighted_when_tasks_are_equal(run):
 # -- streams ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    """All four fabricated trees, 2 train and 2 test images per class."""
+    """All eight fabricated trees, 2 train and 2 test images per class (DomainNet: 2 train, 1 test)."""
     return write_all_datasets(tmp_path_factory.mktemp("data"), train_per_class=2, test_per_class=2)
 
 

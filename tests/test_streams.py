@@ -29,7 +29,8 @@ ORDER_200 = [168, 136, 51, 9, 183, 101, 171, 99, 42, 159, 191, 70, 16, 188, 27, 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    """One fabricated root with all four datasets (2 train / 1 test image per class)."""
+    """One fabricated root with all eight downloadable datasets (2 train / 1 test image per class; DomainNet's
+    own fabricated counts)."""
     return write_all_datasets(tmp_path_factory.mktemp("data"), train_per_class=2, test_per_class=1)
 
 
@@ -48,12 +49,13 @@ def test_parse_benchmark_and_family():
     assert (spec.name, spec.num_classes, tasks, spec.shuffle) == ("imr", 200, 40, True)
     assert parse_benchmark("digits_t10")[1] == 10
     assert benchmark_family("vtab_t10") == "vtab"
-    assert named_benchmarks() == ["cifar100_t10", "cifar100_t20", "digits_t5", "ima_t10", "ima_t20", "imr_t10",
-                                  "imr_t20", "imr_t40", "vtab_t5", "vtab_t10"]
+    assert named_benchmarks() == ["cifar100_t10", "cifar100_t20", "cub_t10", "cub_t20", "digits_t5", "domainnet_t5",
+                                  "domainnet_t15", "ima_t10", "ima_t20", "imr_t10", "imr_t20", "imr_t40",
+                                  "objnet_t10", "objnet_t20", "omni_t10", "omni_t20", "vtab_t5", "vtab_t10"]
 
 
 def test_bad_names_list_valid_choices():
-    with pytest.raises(ClbenchError, match=r"Did you mean 'cifar100'\?.*Valid datasets: cifar100, digits, ima"):
+    with pytest.raises(ClbenchError, match=r"Did you mean 'cifar100'\?.*Valid datasets: cifar100, cub, digits, domainnet, ima"):
         parse_benchmark("cifar10_t10")
     with pytest.raises(ClbenchError, match=r"valid N: 1, 2, 5, 10, 25, 50$"):
         parse_benchmark("vtab_t7")
@@ -127,7 +129,7 @@ def test_describe_is_json_record(data_root):
     assert set(record) == {"benchmark", "dataset", "dataset_title", "num_classes", "num_tasks", "seed", "shuffle",
                            "requested_order", "class_order", "increments", "transform_profile", "requested_profile",
                            "normalize", "image_size", "transforms", "data_root", "train_count", "test_count",
-                           "tasks", "class_names", "checksums", "warnings"}
+                           "tasks", "class_names", "checksums", "dataset_fingerprint", "warnings"}
     assert (record["train_count"], record["test_count"]) == (len(stream.raw.train), len(stream.raw.test))
     assert record["class_names"] == list(stream.raw.class_names) and len(record["class_names"]) == 100
     assert (record["dataset"], record["num_classes"], record["num_tasks"]) == ("cifar100", 100, 20)

@@ -1,8 +1,9 @@
 """The ``bench`` command line: it parses, resolves names through the registries, and calls the harness.
 
 One module per command (``listing``, ``describe``, ``params``, ``run``, ``table``, ``plot``, ``report``,
-``compare``, ``speed``), each with ``add_parser(commands)`` and ``command(args) -> int``; :func:`main` turns a
-:class:`ClbenchError` into one line and exit status 2. The CLI sits on top of everything: it may import any layer, and nothing imports it.
+``compare``, ``speed``, ``data``), each with ``add_parser(commands)`` and ``command(args) -> int``; :func:`main`
+turns a :class:`ClbenchError` into one line and exit status 2. The CLI sits on top of everything: it may import
+any layer, and nothing imports it.
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import argparse
 import sys
 import warnings
 
-from benchmark.cli import compare, describe, listing, params, plot, report, run, speed, table
+from benchmark.cli import compare, data, describe, listing, params, plot, report, run, speed, table
 from benchmark.errors import ClbenchError
 
-COMMANDS = (listing, describe, params, run, table, plot, report, compare, speed)
+COMMANDS = (listing, describe, params, run, table, plot, report, compare, speed, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ def command(args: argparse.Namespace) -> int:
         from benchmark.registry import METHODS
         from benchmark.data.streams import benchmark_family
 
-        family = benchmark_family(args.bench) if args.bench else None
+        family = benchmark_family(args.bench, args.data_root) if args.bench else None
         print(describe_hparams(METHODS.get(args.method), family))
         return 0
     if args.bench:
@@ -32,6 +32,10 @@ def command(args: argparse.Namespace) -> int:
             counts = info["tasks"][index]
             print(f"  task {index + 1:>2}: classes {task.classes[0]}-{task.classes[-1]}  "
                   f"train {counts['train_count']:>6}  test {counts['test_count']:>6}")
+        if stream.spec.note:
+            print(f"note: {stream.spec.note}")
+        if info["dataset_fingerprint"]:
+            print(f"dataset fingerprint (declaration file and image list): {info['dataset_fingerprint']}")
         for warning in stream.warnings:
             print(f"warning: {warning}")
     return 0

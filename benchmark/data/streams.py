@@ -22,6 +22,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from benchmark.data.datasets import DatasetSpec, LabelledImages, RawData
+from benchmark.data.datasets.declared import declare_datasets
 from benchmark.errors import ClbenchError
 from benchmark.registry import DATASETS, unknown_name_message
 from benchmark.data.transforms import TransformPair, check_options
@@ -43,15 +44,18 @@ def named_benchmarks() -> list[str]:
     return [f"{name}_t{tasks}" for name in DATASETS.names() for tasks in DATASETS.get(name).named_tasks]
 
 
-def parse_benchmark(name: str) -> tuple[DatasetSpec, int]:
+def parse_benchmark(name: str, data_root: str | Path | None = None) -> tuple[DatasetSpec, int]:
     """``"imr_t40"`` -> (ImageNet-R's spec, 40); a bad name, unknown dataset or N that does not divide the
-    class count is a :class:`ClbenchError` listing what is valid."""
+    class count is a :class:`ClbenchError` listing what is valid. A dataset no code registered is looked up
+    among the declaration files of ``data_root`` (default: :func:`default_data_root`)."""
     match = _NAME.match(name)
     if match is None:
         hint = (f" (e.g. {name}_t{DATASETS.get(name).named_tasks[0]})" if name in DATASETS else "")
         raise ClbenchError(f"bad benchmark name '{name}': expected <dataset>_t<N>{hint}. "
                            f"Named benchmarks: {', '.join(named_benchmarks())}")
     dataset, tasks = match["dataset"], int(match["tasks"])
+    if dataset not in DATASETS:
+        declare_datasets(Path(data_root) if data_root is not None else default_data_root())
     if dataset not in DATASETS:
         raise ClbenchError(unknown_name_message("dataset", dataset, DATASETS.names())
                            + f" (benchmarks are <dataset>_t<N>, e.g. {', '.join(named_benchmarks()[:3])})")
@@ -62,9 +66,9 @@ def parse_benchmark(name: str) -> tuple[DatasetSpec, int]:
     return spec, tasks
 
 
-def benchmark_family(name: str) -> str:
+def benchmark_family(name: str, data_root: str | Path | None = None) -> str:
     """The dataset (hyper-parameter family) of a benchmark: ``"imr_t40"`` -> ``"imr"``."""
-    return parse_benchmark(name)[0].name
+    return parse_benchmark(name, data_root)[0].name
 
 
 def class_order(num_classes: int, shuffle: bool, seed: int) -> list[int]:
@@ -190,6 +194,7 @@ class Stream:
                        "train_count": len(task.train), "test_count": task.test_count} for task in self.tasks],
             "class_names": list(self.raw.class_names),
             "checksums": self.raw.checksums,
+            "dataset_fingerprint": self.raw.fingerprint,
             "warnings": list(self.warnings),
         }
 
@@ -200,12 +205,12 @@ def build_stream(name: str, data_root: str | Path | None = None, image_size: int
     :func:`default_data_root`; unused by ``digits``). ``profile``: ``default`` or ``coda``; ``normalize``:
     ``none``, ``half`` or ``imagenet``; ``image_size``: the backbone's input size (224 = the spec); ``order``:
     ``protocol`` (the dataset's class-order rule) or ``identity`` (a method's request, e.g. CODA-P's)."""
-    spec, num_tasks = parse_benchmark(name)
+    root = Path(data_root) if data_root is not None else default_data_root()
+    spec, num_tasks = parse_benchmark(name, root)
     check_options(profile, normalize)
     if order not in CLASS_ORDERS:
         raise ClbenchError(f"unknown class order '{order}'; valid: {', '.join(CLASS_ORDERS)}")
     transforms = spec.transforms(profile, image_size, normalize)
-    root = Path(data_root) if data_root is not None else default_data_root()
     raw = spec.load(root)
     order_list = class_order(spec.num_classes, spec.shuffle and order == "protocol", seed)
     new_label = np.empty(spec.num_classes, dtype=np.int64)

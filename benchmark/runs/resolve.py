@@ -11,7 +11,7 @@ import torch
 from benchmark.checkpoints import checkpoint_state, serialized_size
 from benchmark.config import resolve_hparams
 from benchmark.data.image_check import available_workers
-from benchmark.data.streams import benchmark_family, parse_benchmark
+from benchmark.data.streams import parse_benchmark
 from benchmark.errors import ClbenchError
 from benchmark.method import Method
 from benchmark.models.backbones import build_backbone
@@ -21,13 +21,22 @@ from benchmark.registry import METHODS
 from benchmark.store.results import RunStore
 
 
+IN21K = "vit_base_patch16_224.augreg_in21k"
 DEFAULT_BACKBONES = {
-    "cifar100": "vit_base_patch16_224.augreg_in21k",
+    "cifar100": IN21K,
     "imr": "vit_base_patch16_224.augreg_in21k_ft_in1k",
-    "ima": "vit_base_patch16_224.augreg_in21k",
-    "vtab": "vit_base_patch16_224.augreg_in21k",
+    "ima": IN21K,
+    "vtab": IN21K,
+    # PILOT (README, "backbone_type") and APER run CUB, ObjectNet and OmniBenchmark on the in21k ViT-B/16.
+    "cub": IN21K,
+    "objnet": IN21K,
+    "omni": IN21K,
+    # InfLoRA's models/sinet_inflora.py builds 'vit_base_patch16_224_in21k' (timm's augreg_in21k today).
+    "domainnet": IN21K,
     "digits": "vit_tiny_shapes",
 }
+"""A family's backbone when neither ``--backbone`` nor the method names one; a dataset without an entry
+(declared in a TOML file or by a plugin) gets :data:`IN21K`, the ViT-B/16 the non-ImageNet families use."""
 
 
 DEFAULT_SEED = 1993
@@ -97,11 +106,12 @@ class ResolvedRun:
 
 def resolve_run(request: RunRequest) -> ResolvedRun:
     """Check names and options (clear errors before any training) and resolve hyper-parameters."""
-    spec, num_tasks = parse_benchmark(request.bench)
-    family = benchmark_family(request.bench)
+    spec, num_tasks = parse_benchmark(request.bench, request.data_root)
+    family = spec.name
     method_class = METHODS.get(request.method)
     hparams = _resolve_method_hparams(request.method, method_class, family, request.overrides)
-    backbone = request.backbone or method_class.default_backbones.get(family) or DEFAULT_BACKBONES[family]
+    backbone = (request.backbone or method_class.default_backbones.get(family)
+                or DEFAULT_BACKBONES.get(family, IN21K))
     check_precision(request.precision)
     if request.max_tasks is not None and not 1 <= request.max_tasks <= num_tasks:
         raise ClbenchError(f"--max-tasks must be between 1 and {num_tasks} for {request.bench}")
@@ -139,7 +149,7 @@ def build_method(run: ResolvedRun, device: torch.device, pretrained: bool = True
 def describe_parameters(run: ResolvedRun) -> dict:
     """Parameter report after all tasks of the benchmark, built from shapes only (no data, no weights)."""
     method = build_method(run, torch.device("cpu"), pretrained=False)
-    spec, num_tasks = parse_benchmark(run.request.bench)
+    spec, num_tasks = parse_benchmark(run.request.bench, run.request.data_root)
     per_task = spec.num_classes // num_tasks
     method.restore_structure([per_task] * num_tasks)
     method.task_sizes = [per_task] * num_tasks

@@ -56,7 +56,8 @@ def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:
         "overrides": dict(request.overrides),
         "stream": stream.describe(),
         "fingerprint": {"config_sha256": config_digest(resume_fields(run)), **stream_fingerprint(
-            stream.class_order, [stream.eval_labels(index) for index in range(stream.num_tasks)])},
+            stream.class_order, [stream.eval_labels(index) for index in range(stream.num_tasks)]),
+            "dataset_sha256": stream.raw.fingerprint},  # a declared dataset's file and image list (else None)
         "versions": package_versions(),
         "git": git_commit(),
         "command": sys.argv,
@@ -193,9 +194,9 @@ def _train_and_evaluate(run: ResolvedRun, store: RunStore, log: RunLog,
         stored = read_json_file(store.config_path)
         if stored.get("stream", {}).get("class_order") != config["stream"]["class_order"] or any(
                 stored.get("fingerprint", {}).get(key, config["fingerprint"][key]) != config["fingerprint"][key]
-                for key in ("class_order_sha256", "eval_labels_sha256")):
-            raise IntegrityError(store.config_path, "was run on another stream (class order or evaluation labels "
-                                                    "differ)")
+                for key in ("class_order_sha256", "eval_labels_sha256", "dataset_sha256")):
+            raise IntegrityError(store.config_path, "was run on another stream (class order, evaluation labels "
+                                                    "or declared dataset differ)")
     atomic_write_json(store.config_path, config)
     for warning in stream.warnings:
         log(f"warning: {warning}")

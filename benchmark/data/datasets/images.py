@@ -88,13 +88,15 @@ class LabelledImages(Dataset):
 @dataclass
 class RawData:
     """A loaded and validated dataset: both splits with raw labels, the class names (index = raw label),
-    file checksums (name -> status record) where the format has known ones, and non-fatal warnings."""
+    file checksums (name -> status record) where the format has known ones, non-fatal warnings, and the
+    fingerprint of a declared dataset (SHA-256 of its declaration file and file list)."""
 
     train: ImageSource
     test: ImageSource
     class_names: list[str]
     checksums: dict[str, dict] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
 
 
 def md5_of(path: Path, chunk: int = 1 << 20) -> str:

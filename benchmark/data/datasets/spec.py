@@ -32,7 +32,10 @@ class DatasetSpec:
     - ``transforms(profile, image_size, normalize)`` gives the stream's train/test transforms;
     - ``named_tasks``: task counts of the named settings (e.g. ``(20, 40)`` -> ``imr_t20``, ``imr_t40``);
     - ``folder``: the dataset's directory under the data root; ``expected_tree``/``download``: what the
-      error says when it is missing (``<root>`` is replaced by the data root).
+      error says when it is missing (``<root>`` is replaced by the data root);
+    - ``reference_counts``: the reference release's image counts (None: there is no reference, e.g. a declared
+      dataset);
+    - ``note``: what ``bench describe`` says about a choice the harness made for this dataset (e.g. a split).
     """
 
     name: str
@@ -42,11 +45,12 @@ class DatasetSpec:
     loader: Callable[["DatasetSpec", Path | None], RawData]
     transforms: Callable[[str, int, str], TransformPair]
     named_tasks: tuple[int, ...]
-    reference_counts: ReferenceCounts
+    reference_counts: ReferenceCounts | None
     folder: str = ""
     expected_tree: str = ""
     download: str = ""
     needs_data_root: bool = True
+    note: str = ""
 
     def valid_task_counts(self) -> list[int]:
         """Every N that divides the class count."""
@@ -62,6 +66,8 @@ class DatasetSpec:
         raw = self.loader(self, root if self.needs_data_root else None)
         self._check_classes(raw, root)
         for split, source in (("train", raw.train), ("test", raw.test)):
+            if self.reference_counts is None:
+                break
             expected = getattr(self.reference_counts, split)
             confirmed = getattr(self.reference_counts, f"{split}_confirmed")
             if len(source) != expected:
