@@ -60,10 +60,6 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def unregister(self, name: str) -> None:
-        """Remove ``name`` (a temporary registration, e.g. the conformance kit's)."""
-        self._items.pop(name, None)
-
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self._loaded = True
@@ -76,7 +72,8 @@ class Registry(Generic[T]):
                 entry_point.load()
 
     def unregister(self, name: str) -> None:
-        """Forget ``name`` (a declared dataset whose file is dropped); unknown names are ignored."""
+        """Forget ``name`` (a temporary registration such as the conformance kit's, or a declared dataset whose
+        file is dropped); unknown names are ignored."""
         for table in (self._items, self._modules, self._origins):
             table.pop(name, None)
 
