@@ -164,7 +164,9 @@ def plot_results(results: pd.DataFrame, out_dir: Path, formats: tuple[str, ...] 
     """Per benchmark, every figure as ``<bench>_<figure>.<fmt>`` under ``out_dir``; nothing (not even the
     folder) when no run finished."""
     finished = finished_runs(results)
-    paths = []
+    paths: list[Path] = []
+    if finished.empty:
+        return paths
     for bench, group in finished.groupby("bench", sort=True):
         for name, figure in benchmark_figures(group).items():
             for fmt in formats:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmark.errors import ClbenchError
 from benchmark.models.backbones import input_size
 from benchmark.precision import autocast
 from benchmark.runs.eval_cache import EvalCache
@@ -64,8 +65,12 @@ def eval_speed_report(methods: list[str], backbone: str, num_tasks: int, images_
     for name in methods:
         echo(f"{name}: evaluation schedule of {num_tasks} tasks, {evaluated} image evaluations, without and with "
              "the cache")
-        plain, plain_seconds, _ = evaluation_schedule(name, backbone, num_tasks, images_per_task, batch_size,
-                                                      device, cached=False, family=family)
+        try:
+            plain, plain_seconds, _ = evaluation_schedule(name, backbone, num_tasks, images_per_task, batch_size,
+                                                          device, cached=False, family=family)
+        except ClbenchError as error:  # e.g. a prompt pool smaller than the task count: the other methods go on
+            echo(f"{name}: skipped ({error})")
+            continue
         cached, cached_seconds, cache_bytes = evaluation_schedule(name, backbone, num_tasks, images_per_task,
                                                                   batch_size, device, cached=True, family=family)
         rows.append({"method": name, "num_tasks": num_tasks, "images_per_task": images_per_task,
