@@ -254,13 +254,17 @@ def train_speed(name: str, backbone: str, precision: str, device: torch.device, 
 
 def randomise_added(method: torch.nn.Module, generator: torch.Generator) -> None:
     """Small random values in every all-zero floating tensor the method added (zero-init up-projections,
-    restored prototypes), so that no adapter or task path is trivially skipped."""
+    restored prototypes), so that no adapter or task path is trivially skipped. Each tensor draws from its own
+    generator (seeded from ``generator`` and its position), so the values do not depend on whether an
+    uninitialised buffer before it (RanPAC's statistics) happened to read as zeros."""
     pretrained = {id(t) for t in method.pretrained_weights.tensors.values()}
+    base = int(torch.randint(2**31, (1,), generator=generator))
     with torch.no_grad():
-        for tensor in list(method.parameters()) + list(method.buffers()):
+        for position, tensor in enumerate(list(method.parameters()) + list(method.buffers())):
             if id(tensor) not in pretrained and tensor.is_floating_point() and tensor.numel() \
                     and not tensor.any():
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+                own = torch.Generator().manual_seed(base + position)
+                tensor.copy_(torch.randn(tensor.shape, generator=own) * 0.02)
 
 
 def inference_speed(name: str, backbone: str, precision: str, device: torch.device, num_tasks: int,
