@@ -26,9 +26,9 @@ from typing import Literal
 
 import torch
 
-from benchmark.models.classifiers import CosineLinear, CosinePrototypeClassifier, prototype_pass
 from benchmark.learners.first_task_adapter import ADAPTER_SET, FirstTaskAdapterConfig, FirstTaskAdapterLearner
 from benchmark.method import ParameterReport, Task
+from benchmark.models.classifiers import CosineLinear, CosinePrototypeClassifier, prototype_pass
 from benchmark.models.peft.adapter import use_adapter_chunks, use_adapter_set
 from benchmark.registry import register_method
 

@@ -30,10 +30,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.errors import ClbenchError
 from benchmark.learners.prompt import PromptLearner, PromptLearnerConfig
 from benchmark.method import ParameterReport, Task, imagenet_r_recipe
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.models.peft.prefix import attach_prefix, prefixes_set, split_prompt_tokens
 from benchmark.models.peft.prompts import ComponentPool
 from benchmark.registry import register_method

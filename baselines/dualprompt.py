@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.errors import ClbenchError
+from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.method import ParameterReport, Task, count_parameters, imagenet_r_recipe
+from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.models.peft.prefix import attach_prefix, official_prefix_order, prefixes_set
 from benchmark.models.peft.prompts import PromptPool, Selection
-from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
 from benchmark.registry import register_method
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """EASE, expandable subspace ensemble (Zhou et al., CVPR 2024), as PILOT runs it (``prompt_baselines.md`` §6).
 
-- **Per task t**: a new set of AdaptFormer adapters (one per block, parallel to the MLP; ``benchmark/models/peft/adapter.py``)
+- **Per task t**: a new set of AdaptFormer adapters (one per block, parallel to the MLP;
+  ``benchmark/models/peft/adapter.py``)
   and a fresh local cosine head (learnable sigma) over the task's classes. Only these two train: CE on local
   labels y - known, SGD with momentum, cosine annealing per epoch down to 0. The backbone and adapter sets
   0..t-1 are frozen.
@@ -41,10 +42,16 @@ from benchmark.learners.adapter_tuning import AdapterTuningConfig, tune_adapter_
 from benchmark.method import Method, ParameterReport, Task, backbone_size, count_parameters, imagenet_r_recipe
 from benchmark.models.backbones import cls_feature, embed_tokens, run_blocks
 from benchmark.models.classifiers import CosineLinear, prototype_pass
-from benchmark.models.peft.adapter import (AdaptedMLP, adapter_set_parameters, add_adapter_set, attach_adapters,
-                                   use_adapter_chunks, use_adapter_set)
-from benchmark.registry import register_method
+from benchmark.models.peft.adapter import (
+    AdaptedMLP,
+    adapter_set_parameters,
+    add_adapter_set,
+    attach_adapters,
+    use_adapter_chunks,
+    use_adapter_set,
+)
 from benchmark.precision import full_precision
+from benchmark.registry import register_method
 
 GPU_PASS_IMAGES = 512
 """Default bound on the images of one batched multi-set pass on CUDA (``max_sets_per_pass=None``)."""
@@ -310,4 +317,5 @@ class EASE(Method):
             backbone=self.backbone_parameters, trainable_task=per_set, head=head, trainable_total=per_set + head,
             stored=stored,
             notes=f"per task: one adapter set (r = {self.hparams.bottleneck}); head = local cosine head "
-                  f"(discarded); stored = {tasks} adapter sets + global prototypes {tuple(self.classifier.weight.shape)}")
+                  f"(discarded); stored = {tasks} adapter sets + global prototypes "
+                  f"{tuple(self.classifier.weight.shape)}")

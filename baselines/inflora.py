@@ -18,8 +18,8 @@ Skipped as dead in the official code: the KMeans "keys", ``classifier_pool_backu
 DomainNet: the official ``configs/domainnet_inflora.json`` (5 x 69, lines 9-10, 15) sets 5 epochs (lines 18, 20),
 batch_size 128 (line 24), rank 30 (line 26), lamb 0.95 (line 27) and lame 1.0 (line 28). It runs another learner,
 ``InfLoRA_domain`` (line 11; SGD lrate 0.005, fc_lrate 0.01, lines 19-22; GPM): the optimiser here stays the main
-learner's Adam 5e-4 (the paper states Adam for every dataset; spec ``inflora_olora.md`` §2.6). No official config exists for
-CUB-200, ObjectNet or OmniBenchmark: they take the ImageNet-R recipe (``configs/mimg10_inflora.json``).
+learner's Adam 5e-4 (the paper states Adam for every dataset; spec ``inflora_olora.md`` §2.6). No official config
+exists for CUB-200, ObjectNet or OmniBenchmark: they take the ImageNet-R recipe (``configs/mimg10_inflora.json``).
 """
 from __future__ import annotations
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.models.backbones import run_blocks
-from benchmark.method import ParameterReport, count_parameters, imagenet_r_recipe
-from benchmark.models.peft.prompts import PromptPool, Selection, embed_with_prompts
 from benchmark.learners.prompt import KeyMatchingConfig, KeyMatchingLearner
+from benchmark.method import ParameterReport, count_parameters, imagenet_r_recipe
+from benchmark.models.backbones import run_blocks
+from benchmark.models.peft.prompts import PromptPool, Selection, embed_with_prompts
 from benchmark.registry import register_method
 
 PILOT_BACKBONE = "vit_base_patch16_224.augreg_in21k_ft_in1k"

@@ -43,9 +43,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ClbenchError
+from benchmark.method import (
+    Method,
+    MethodConfig,
+    ParameterReport,
+    Task,
+    backbone_size,
+    count_parameters,
+    imagenet_r_recipe,
+)
 from benchmark.models.heads import TaskLinearHeads, kaiming_linear_head
-from benchmark.method import (Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters,
-                              imagenet_r_recipe)
 from benchmark.models.peft.lora import BranchEMA, LoRABranch, LoRAQKV, attach_lora
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, drop_last_loader, optimizer_step, run_epochs

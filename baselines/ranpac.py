@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.models.classifiers import CosineLinear, extract_features
 from benchmark.errors import ClbenchError
 from benchmark.learners.first_task_adapter import FirstTaskAdapterConfig, FirstTaskAdapterLearner
 from benchmark.method import ParameterReport, Task, imagenet_r_recipe
+from benchmark.models.classifiers import CosineLinear, extract_features
 from benchmark.precision import full_precision
 from benchmark.registry import register_method
 

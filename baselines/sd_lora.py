@@ -35,9 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ClbenchError
+from benchmark.method import (
+    Method,
+    MethodConfig,
+    ParameterReport,
+    Task,
+    backbone_size,
+    count_parameters,
+    imagenet_r_recipe,
+)
 from benchmark.models.heads import kaiming_linear_head, mask_to_current_task
-from benchmark.method import (Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters,
-                              imagenet_r_recipe)
 from benchmark.models.peft.decoupled_lora import Magnitudes, attach_decoupled_lora
 from benchmark.registry import register_method
 from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs

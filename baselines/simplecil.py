@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.models.classifiers import CosinePrototypeClassifier, prototype_pass
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size
+from benchmark.models.classifiers import CosinePrototypeClassifier, prototype_pass
 from benchmark.registry import register_method
 
 

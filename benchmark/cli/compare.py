@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from benchmark.errors import ClbenchError
 from benchmark.cli.common import DEFAULT_BENCH, default_results_dir, load_reported
+from benchmark.errors import ClbenchError
 
 LABELS = {"avg": ("avg_acc", "Ā"), "last": ("last_acc", "A_T")}
 

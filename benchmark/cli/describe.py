@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from benchmark.errors import ClbenchError
 from benchmark.data.streams import default_data_root
+from benchmark.errors import ClbenchError
 
 
 def command(args: argparse.Namespace) -> int:
@@ -14,8 +14,8 @@ def command(args: argparse.Namespace) -> int:
         raise ClbenchError("bench describe needs --bench B and/or --method M")
     if args.method:
         from benchmark.cli.hparams_doc import describe_hparams
-        from benchmark.registry import METHODS
         from benchmark.data.streams import benchmark_family
+        from benchmark.registry import METHODS
 
         family = benchmark_family(args.bench, args.data_root) if args.bench else None
         print(describe_hparams(METHODS.get(args.method), family))

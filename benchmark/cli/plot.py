@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.errors import ClbenchError
 from benchmark.cli.common import default_results_dir, load_reported
+from benchmark.errors import ClbenchError
 
 
 def command(args: argparse.Namespace) -> int:

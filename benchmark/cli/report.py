@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmark.errors import ClbenchError
 from benchmark.cli.common import default_results_dir, load_reported, split_list
+from benchmark.errors import ClbenchError
 
 
 def command(args: argparse.Namespace) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.errors import ClbenchError
 from benchmark.cli.common import DEFAULT_BENCH, default_results_dir, overrides_for, selected_methods, split_list
 from benchmark.data.streams import default_data_root
+from benchmark.errors import ClbenchError
 
 
 def _on_any_device(run):

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmark.errors import ClbenchError
 from benchmark.cli.common import default_results_dir, selected_methods, split_list
+from benchmark.errors import ClbenchError
 
 
 def command(args: argparse.Namespace) -> int:
@@ -32,8 +32,8 @@ def _method_speed(args: argparse.Namespace, device) -> int:
     from rich.console import Console
 
     from benchmark.precision import check_precision
-    from benchmark.store.results import atomic_write_json
     from benchmark.runs.speed import method_speed_report, render_method_speed
+    from benchmark.store.results import atomic_write_json
 
     precisions = [check_precision(name) for name in split_list(args.precisions)]
     report = method_speed_report(selected_methods(args.methods), args.backbone, precisions, device, train=args.train,

@@ -15,7 +15,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-
 CACHE_ENV = "CLBENCH_CACHE_DIR"
 
 

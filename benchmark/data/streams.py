@@ -23,9 +23,9 @@ from torch.utils.data import Dataset
 
 from benchmark.data.datasets import DatasetSpec, LabelledImages, RawData
 from benchmark.data.datasets.declared import declare_datasets
+from benchmark.data.transforms import TransformPair, check_options
 from benchmark.errors import ClbenchError
 from benchmark.registry import DATASETS, unknown_name_message
-from benchmark.data.transforms import TransformPair, check_options
 
 DEFAULT_DATA_ROOT = "./data"
 DATA_ROOT_ENV = "CLBENCH_DATA_ROOT"

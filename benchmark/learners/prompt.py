@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from benchmark.models.heads import linear_head, mask_to_current_task
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
+from benchmark.models.heads import linear_head, mask_to_current_task
 from benchmark.models.peft.prompts import Selection, frozen_query
 from benchmark.training import build_optimizer, build_scheduler, drop_last_loader, optimizer_step, run_epochs
 

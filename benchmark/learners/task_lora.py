@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ClbenchError
-from benchmark.models.heads import TaskLinearHeads
 from benchmark.method import Method, MethodConfig, ParameterReport, Task, backbone_size, count_parameters
+from benchmark.models.heads import TaskLinearHeads
 from benchmark.models.peft.lora import LoRABranch, LoRAQKV, attach_lora
 from benchmark.training import build_optimizer, build_scheduler, optimizer_step, run_epochs
 

@@ -7,8 +7,8 @@ A missing file is one :class:`WeightsError` saying what to get and where to put 
 from __future__ import annotations
 
 import os
-from functools import partial
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 

@@ -1,6 +1,7 @@
 """Pretrain the tiny ViT of the built-in digits benchmark (``vit_tiny_shapes``) on procedurally drawn shapes.
 
-``python -m benchmark.models.pretrain_shapes`` trains :func:`benchmark.models.backbones.tiny_vit` (32 px, patch 4, embed 64,
+``python -m benchmark.models.pretrain_shapes`` trains :func:`benchmark.models.backbones.tiny_vit` (32 px, patch 4,
+embed 64,
 depth 4, 4 heads) from scratch on synthetic 32 px RGB images of 37 shape classes that share nothing with
 digits: lines at four angles, parallel lines, plus and diagonal crosses, asterisks, circles, discs, rings,
 squares, diamonds, filled squares, triangles pointing up/down, filled triangles, hexagons, ellipses, arcs and

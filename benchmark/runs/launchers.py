@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from benchmark.errors import ClbenchError
-from benchmark.store.locking import RunLocked, run_lock
 from benchmark.runs.resolve import ResolvedRun
 from benchmark.runs.runner import RunOutcome, execute
+from benchmark.store.locking import RunLocked, run_lock
 
 RAY_EXTRA = "Ray is not installed: pip install 'clbench[ray]'"
 

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from benchmark.store.locking import read_holder
 from benchmark.runs.plan import format_seconds
+from benchmark.store.locking import read_holder
 from benchmark.store.results import read_json
 
 MAX_ROWS = 30

@@ -16,10 +16,9 @@ from benchmark.errors import ClbenchError
 from benchmark.method import Method
 from benchmark.models.backbones import build_backbone
 from benchmark.precision import check_precision
-from benchmark.reporting.trackers.base import TrackerSettings
 from benchmark.registry import METHODS
+from benchmark.reporting.trackers.base import TrackerSettings
 from benchmark.store.results import RunStore
-
 
 IN21K = "vit_base_patch16_224.augreg_in21k"
 DEFAULT_BACKBONES = {

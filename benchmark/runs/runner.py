@@ -20,22 +20,22 @@ from typing import Callable
 
 import torch
 
-from benchmark.models.backbones import input_size
 from benchmark.checkpoints import checkpoint_state, restore_checkpoint
 from benchmark.config import as_dict
+from benchmark.data.streams import Stream, build_stream
 from benchmark.errors import ClbenchError
-from benchmark.store.integrity import (IntegrityError, config_digest, read_json_file, read_timing, stream_fingerprint)
-from benchmark.store.locking import RunLocked, run_lock
 from benchmark.method import SilentMonitor, Task, TrainingMonitor
+from benchmark.models.backbones import input_size
 from benchmark.reporting.metrics import compute_metrics
 from benchmark.reporting.trackers import Trackers
-from benchmark.store.provenance import git_commit, package_versions
-from benchmark.store.results import RunStore, atomic_write_json
-from benchmark.data.streams import Stream, build_stream
 from benchmark.runs.eval_cache import EvalCache
 from benchmark.runs.evaluation import evaluate, make_loader
 from benchmark.runs.resolve import ResolvedRun, build_method, default_workers, describe_parameters, resolve_device
 from benchmark.runs.stored import check_resumable, resume_fields, verify_predictions
+from benchmark.store.integrity import IntegrityError, config_digest, read_json_file, read_timing, stream_fingerprint
+from benchmark.store.locking import RunLocked, run_lock
+from benchmark.store.provenance import git_commit, package_versions
+from benchmark.store.results import RunStore, atomic_write_json
 
 
 def run_config(run: ResolvedRun, stream: Stream, device: torch.device) -> dict:

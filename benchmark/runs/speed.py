@@ -224,7 +224,8 @@ def train_speed(name: str, backbone: str, precision: str, device: torch.device, 
     """
     from benchmark.method import Task
 
-    method, vit = build_from_shapes(name, backbone, num_tasks, device, batch_size, learned_tasks=task_index, family=family)
+    method, vit = build_from_shapes(name, backbone, num_tasks, device, batch_size, learned_tasks=task_index,
+                                    family=family)
     randomise_added(method, torch.Generator().manual_seed(2))  # as after a trained task (CL-LoRA's teacher ups)
     size, batch = input_size(vit), method.hparams.batch_size
     generator = torch.Generator().manual_seed(1)

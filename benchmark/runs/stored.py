@@ -8,10 +8,16 @@ from benchmark.config import as_dict
 from benchmark.data.streams import Stream
 from benchmark.errors import ClbenchError
 from benchmark.runs.resolve import ResolvedRun
-from benchmark.store.integrity import (IntegrityError, check_predictions, config_digest, read_json_file,
-                                       read_predictions, read_status, read_timing)
+from benchmark.store.integrity import (
+    IntegrityError,
+    check_predictions,
+    config_digest,
+    read_json_file,
+    read_predictions,
+    read_status,
+    read_timing,
+)
 from benchmark.store.results import RunStore
-
 
 RESUME_KEYS = ("bench", "method", "seed", "backbone", "weights", "hparams", "precision")
 PROVENANCE_HPARAMS = ("defaults_source",)

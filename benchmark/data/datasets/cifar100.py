@@ -10,8 +10,8 @@ import numpy as np
 
 from benchmark.data.datasets.images import ArrayImages, RawData, md5_of
 from benchmark.data.datasets.spec import DatasetSpec, ReferenceCounts
-from benchmark.registry import register_dataset
 from benchmark.data.transforms import pilot_transforms
+from benchmark.registry import register_dataset
 
 FOLDER = "cifar-100-python"
 # torchvision 0.29 ``CIFAR100.train_list`` / ``test_list`` / ``meta``.

@@ -13,8 +13,8 @@ import numpy as np
 
 from benchmark.data.datasets.images import ArrayImages, RawData
 from benchmark.data.datasets.spec import DatasetSpec, ReferenceCounts
-from benchmark.registry import register_dataset
 from benchmark.data.transforms import digits_transforms
+from benchmark.registry import register_dataset
 
 IMAGE_SIZE = 32
 TRAIN_FRACTION = (4, 5)

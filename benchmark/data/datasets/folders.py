@@ -20,8 +20,8 @@ from pathlib import Path
 
 from benchmark.data.datasets.images import FileImages, RawData
 from benchmark.data.datasets.spec import DatasetSpec, ReferenceCounts, preview_names
-from benchmark.registry import register_dataset
 from benchmark.data.transforms import pilot_transforms
+from benchmark.registry import register_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "test")

@@ -8,8 +8,8 @@ from typing import Callable
 import numpy as np
 
 from benchmark.data.datasets.images import RawData
-from benchmark.errors import DataError
 from benchmark.data.transforms import TransformPair
+from benchmark.errors import DataError
 
 
 @dataclass(frozen=True)
